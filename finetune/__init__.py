@@ -1,0 +1,1 @@
+"""Classification stage: heads, probes, baselines, fine-tune loop, evaluation, export."""

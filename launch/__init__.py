@@ -1,0 +1,1 @@
+"""Command line, launch configs (accelerate YAML, DeepSpeed JSON, slurm) and the demo."""

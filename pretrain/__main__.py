@@ -1,0 +1,12 @@
+"""Pretrain a masked autoencoder.
+
+    python -m pretrain --config configs/pretrain/synth_tiny.yaml data.shards=DIR run.dir=runs/x
+    accelerate launch --config_file launch/accelerate/cpu-2proc.yaml -m pretrain --config ... key=value
+"""
+
+import sys
+
+from pretrain import engine
+from pretrain.cli_util import run_command
+
+sys.exit(run_command(engine, sys.argv[1:], "python -m pretrain"))

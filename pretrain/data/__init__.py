@@ -1,0 +1,1 @@
+"""Video data path: shards, decoding, clip sampling, augmentation, synthetic data."""
