@@ -1,0 +1,80 @@
+"""Fine-tuning config: the pretraining sections plus the head, regularisation and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pretrain.config import (DataConfig, DistConfig, ModelConfig, OptimConfig, RunConfig, _check)
+
+
+@dataclass
+class HeadConfig:
+    """Classifier head, probes and the fine-tuning regularisers."""
+
+    kind: str = "finetune"
+    """``finetune`` (whole encoder trained), ``linear`` or ``attentive`` (frozen-encoder probes)."""
+    num_classes: int = 0
+    """Classes (0: read from the shards' classes.json)."""
+    dropout: float = 0.0
+    """Dropout before the linear layer."""
+    init_scale: float = 1e-3
+    """Scale of the head's initial weights (VideoMAE: 0.001)."""
+    label_smoothing: float = 0.1
+    """Label smoothing of the cross-entropy (also applied inside mixup targets)."""
+    mixup: float = 0.0
+    """Mixup alpha (0 disables)."""
+    cutmix: float = 0.0
+    """Video-aware cutmix alpha: one spatial box across all frames (0 disables)."""
+    mix_prob: float = 1.0
+    """Probability of applying mixup/cutmix to a batch."""
+    mix_switch_prob: float = 0.5
+    """Probability of cutmix instead of mixup when both are on."""
+    random_erasing: float = 0.0
+    """Probability of erasing one random box in every frame of a clip (on the device)."""
+
+    def __post_init__(self):
+        _check(self.kind in ("finetune", "linear", "attentive"), "head.kind",
+               f"must be finetune|linear|attentive, got {self.kind!r}")
+        _check(self.num_classes >= 0, "head.num_classes", "must be >= 0")
+        _check(0 <= self.dropout < 1, "head.dropout", "must be in [0, 1)")
+        _check(self.init_scale > 0, "head.init_scale", "must be > 0")
+        _check(0 <= self.label_smoothing < 1, "head.label_smoothing", "must be in [0, 1)")
+        _check(self.mixup >= 0 and self.cutmix >= 0, "head.mixup/cutmix", "alphas must be >= 0")
+        _check(0 <= self.mix_prob <= 1 and 0 <= self.mix_switch_prob <= 1, "head.mix_prob", "must be in [0, 1]")
+        _check(0 <= self.random_erasing <= 1, "head.random_erasing", "must be in [0, 1]")
+
+
+@dataclass
+class EvalConfig:
+    """Validation during training and the final multi-view evaluation."""
+
+    every: int = 0
+    """Validate every N steps (0: only at the end)."""
+    max_videos: int = 0
+    """Cap on validation videos during training (0: all); the final evaluation uses all."""
+
+    def __post_init__(self):
+        _check(self.every >= 0, "eval.every", "must be >= 0")
+        _check(self.max_videos >= 0, "eval.max_videos", "must be >= 0")
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything ``tubelet finetune`` needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data path (``data.shards`` = labeled train shards, ``data.val_shards`` = evaluation shards)."""
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="vit_small"))
+    """Encoder name (``vit_*``, ``mvitv2_*``) or a baseline (``finetune.baselines.list_baselines()``)."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(blr=1e-3, betas=(0.9, 0.999), layer_decay=0.75))
+    """Optimizer and schedule (VideoMAE fine-tune recipe: blr 1e-3, layer decay 0.75)."""
+    dist: DistConfig = field(default_factory=DistConfig)
+    """Distribution."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run directory and length."""
+    head: HeadConfig = field(default_factory=HeadConfig)
+    """Head, probes and regularisation."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation."""
+    init: str = ""
+    """Initialise the encoder from a pretraining run dir, checkpoint or exported encoder dir ('' = scratch)."""
