@@ -81,6 +81,9 @@ class DataConfig:
     """Per-channel std for normalisation (applied on the device)."""
     flow: bool = False
     """Also compute optical flow (Farnebäck) for two-stream models."""
+    repeat_temporal: bool = False
+    """Repeated sampling: give every repeat its own temporal position (costs up to ``num_repeats``x
+    the decoding); off: repeats share the decoded frames and differ in crop/flip (VideoMAE V2)."""
 
     def __post_init__(self):
         _check(self.backend in ("decord", "pyav"), "data.backend", f"must be 'decord' or 'pyav', got {self.backend!r}")
@@ -101,6 +104,7 @@ class DataConfig:
         _check(self.test_num_crops in (1, 3), "data.test_num_crops", "must be 1 or 3")
         _check(self.decode_timeout > 0, "data.decode_timeout", "must be > 0")
         _check(len(self.mean) == 3 and len(self.std) == 3, "data.mean/std", "need 3 values each")
+        _check(isinstance(self.repeat_temporal, bool), "data.repeat_temporal", "must be true or false")
 
 
 @dataclass
@@ -178,12 +182,17 @@ class DistConfig:
     """Micro-steps accumulated per optimizer step."""
     precision: str = "auto"
     """``auto`` (bf16 on GPU, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``."""
+    deepspeed_config: str = ""
+    """DeepSpeed JSON template (e.g. ``launch/deepspeed/zero2.json``) whose ``"auto"`` values are
+    filled from this config; empty: the built-in settings for ``zero_stage``."""
 
     def __post_init__(self):
         _check(self.zero_stage in (0, 1, 2, 3), "dist.zero_stage", f"must be 0..3, got {self.zero_stage}")
         _check(self.grad_accum >= 1, "dist.grad_accum", "must be >= 1")
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"), "dist.precision",
                f"must be auto|fp32|bf16|fp16, got {self.precision!r}")
+        _check(not self.deepspeed_config or self.deepspeed_config.endswith(".json"), "dist.deepspeed_config",
+               f"must name a .json file, got {self.deepspeed_config!r}")
 
 
 @dataclass
