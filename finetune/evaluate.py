@@ -178,12 +178,13 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from finetune.engine import load_classifier
-    from pretrain.runtime import dist_info
+    from accelerate import PartialState
 
-    model, cfg, meta = load_classifier(args.model)
-    rank, world, device = dist_info()
-    model.to(device)
+    from finetune.engine import classifier_forward, load_finetuned
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # joins the group under accelerate launch
+    rank, world, device = state.process_index, state.num_processes, state.device
+    model, cfg, meta = load_finetuned(args.model, device=device)
     if args.batch_size:
         cfg.data.batch_size = args.batch_size
     if args.workers is not None:
@@ -194,8 +195,6 @@ def run(args) -> int:
         return 2
     k = args.num_clips or cfg.data.test_num_clips
     c = args.num_crops or cfg.data.test_num_crops
-    from finetune.engine import classifier_forward
-
     summary = evaluate_model(model, cfg.data, shards, meta["num_classes"], num_clips=k, num_crops=c,
                              rank=rank, world_size=world, device=device, class_names=meta.get("classes"),
                              progress=not args.no_progress, forward=classifier_forward)

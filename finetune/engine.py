@@ -1,0 +1,337 @@
+"""Fine-tune a pretrained encoder, probe it frozen, or train a baseline, on labeled video shards.
+
+    tubelet finetune --config configs/finetune/synth_vit.yaml --init runs/pretrain \\
+        data.shards=data/synth/train data.val_shards=data/synth/test run.dir=runs/ft_vit
+    tubelet finetune --config configs/finetune/synth_baseline.yaml model.name=c3d run.dir=runs/c3d ...
+    accelerate launch --config_file launch/accelerate/cpu-2proc.yaml -m finetune --config ... key=value
+
+``--init`` takes a pretraining run directory, a checkpoint, an exported encoder directory or an
+imported one (Hugging Face / original VideoMAE); loading asserts the exact key set and says what it
+loaded. Without ``--init`` the encoder starts from scratch. ``model.name`` may also name a baseline
+(``finetune.baselines.list_baselines()``). Same runtime as pretraining: DeepSpeed or plain torch,
+checkpoints, exact resume, metrics, progress bar. At the end the model is evaluated on
+``data.val_shards`` with K clips × C crops per video; ``eval.json``, ``confusion.png`` and
+``results.json`` (for ``tubelet compare``) land in ``run.dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from finetune.config import FinetuneConfig
+from pretrain.config import ConfigError, load_config
+
+CLASSIFIER_FORMAT = "tubelet-classifier"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML preset (configs/finetune/*.yaml or a path)")
+    parser.add_argument("--init", default=None, metavar="PATH",
+                        help="pretraining run dir, checkpoint or encoder dir to start from (same as init=PATH)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+
+# ------------------------------------------------------------------------------------------------
+# model
+
+
+def is_baseline(name: str) -> bool:
+    from finetune.baselines import list_baselines
+
+    return name in list_baselines()
+
+
+def _read_classes(shards: str) -> list[str] | None:
+    from pretrain.data.shards import read_classes
+
+    p = Path(shards)
+    return read_classes(p) if p.is_dir() else None
+
+
+def resolve_num_classes(cfg: FinetuneConfig) -> tuple[int, list[str] | None]:
+    classes = _read_classes(cfg.data.shards) if cfg.data.shards else None
+    if cfg.head.num_classes:
+        return cfg.head.num_classes, classes
+    if classes:
+        return len(classes), classes
+    raise ConfigError("head.num_classes: not set and no classes.json next to data.shards")
+
+
+def _encoder_from_init(cfg: FinetuneConfig) -> tuple[nn.Module, str]:
+    """Rebuild the initial encoder with the fine-tuning drop path, loading the weights exactly."""
+    from finetune.export import load_encoder
+    from finetune.importers import load_exact
+
+    src = load_encoder(cfg.init)
+    mc = dict(getattr(src, "model_config", {}) or {})
+    for field, want in (("num_frames", cfg.data.num_frames), ("img_size", cfg.data.img_size)):
+        have = mc.get(field)
+        have = have[0] if isinstance(have, (list, tuple)) else have
+        if have is not None and have != want:
+            raise ConfigError(f"data.{field}: {want}, but the encoder in {cfg.init} was built for {have}")
+    if "drop_path_rate" in mc:
+        mc["drop_path_rate"] = cfg.model.drop_path
+    enc = type(src)(**mc)
+    report = load_exact(enc, src.state_dict(), str(cfg.init))
+    return enc, f"loaded {report.get('tensors', '?')} tensors from {cfg.init}"
+
+
+def build_model(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, dict, str]:
+    """(classifier, architecture spec for rebuilding, how it was initialised)."""
+    name = cfg.model.name
+    if is_baseline(name):
+        from finetune.baselines import create_baseline
+
+        if cfg.init:
+            raise ConfigError(f"init: baselines ({name}) train from scratch; drop --init")
+        kw = dict(cfg.model.kwargs)
+        try:
+            model = create_baseline(name, num_classes=num_classes, num_frames=cfg.data.num_frames,
+                                    img_size=cfg.data.img_size, **kw)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.kwargs: {name}: {e}") from e
+        spec = {"arch": "baseline", "name": name, "kwargs": kw}
+        return model, spec, "scratch"
+    from finetune.export import encoder_config
+    from finetune.heads import build_classifier
+    from pretrain.models import create_model, is_model
+
+    if cfg.init:
+        enc, how = _encoder_from_init(cfg)
+    else:
+        if not is_model(name):
+            from finetune.baselines import list_baselines
+            from pretrain.models import list_models
+
+            raise ConfigError(f"model.name: unknown {name!r} (encoders: {', '.join(list_models('vit*') + list_models('mvit*'))};"
+                              f" baselines: {', '.join(list_baselines())})")
+        try:
+            enc = create_model(name, num_frames=cfg.data.num_frames, img_size=cfg.data.img_size,
+                               drop_path_rate=cfg.model.drop_path, **cfg.model.kwargs)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.kwargs: {name}: {e}") from e
+        how = "scratch"
+    kw = {}
+    if cfg.head.kind == "finetune":
+        kw = {"head_dropout": cfg.head.dropout, "init_scale": cfg.head.init_scale}
+    model = build_classifier(cfg.head.kind, enc, num_classes, **kw)
+    spec = {"arch": "encoder", "head": cfg.head.kind, "head_kwargs": kw,
+            "encoder": encoder_config(enc, name=name if not cfg.init else None, mean=cfg.data.mean, std=cfg.data.std)}
+    return model, spec, how
+
+
+def rebuild(spec: dict, num_classes: int, num_frames: int, img_size: int) -> nn.Module:
+    """The classifier an ``export`` spec describes (no weights)."""
+    if spec["arch"] == "baseline":
+        from finetune.baselines import create_baseline
+
+        return create_baseline(spec["name"], num_classes=num_classes, num_frames=num_frames, img_size=img_size,
+                               **spec.get("kwargs", {}))
+    from finetune.heads import build_classifier
+    from finetune.sources import build_from_config
+
+    enc = build_from_config(spec["encoder"])
+    return build_classifier(spec["head"], enc, num_classes, **spec.get("head_kwargs", {}))
+
+
+def load_finetuned(path: str | Path, device="cpu"):
+    """(model in eval mode, FinetuneConfig, meta) from a fine-tune run dir or its ``final/`` dir."""
+    from finetune.config import FinetuneConfig
+    from finetune.importers import load_exact
+    from finetune.safe_load import read_state_dict
+
+    p = Path(path)
+    final = p / "final" if (p / "final" / "config.json").is_file() else p
+    run_dir = final.parent
+    meta = json.loads((final / "config.json").read_text())
+    if meta.get("format") != CLASSIFIER_FORMAT:
+        raise ValueError(f"{final / 'config.json'}: not a tubelet fine-tune result (format {meta.get('format')!r})")
+    cfg = load_config(FinetuneConfig, run_dir / "config.yaml")
+    model = rebuild(meta["spec"], meta["num_classes"], cfg.data.num_frames, cfg.data.img_size)
+    load_exact(model, read_state_dict(final / "model.safetensors"), str(final))
+    meta["run_dir"] = str(run_dir)
+    return model.eval().to(device), cfg, meta
+
+
+def classifier_forward(model: nn.Module, batch: dict, video: torch.Tensor) -> torch.Tensor:
+    """``model(video)``, passing the batch's optical flow to models that need it (two-stream)."""
+    inner = getattr(model, "module", model)
+    if getattr(inner, "needs_flow", False):
+        return model(video, flow=batch["flow"].to(video.device))
+    return model(video)
+
+
+# ------------------------------------------------------------------------------------------------
+# training step
+
+
+def random_erase_(video: torch.Tensor, prob: float, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Erase one random box per clip (the same box in every frame) with noise; video (B, 3, T, H, W)."""
+    b, _, _, h, w = video.shape
+    for i in range(b):
+        if torch.rand((), generator=gen).item() >= prob:
+            continue
+        area = h * w * (0.02 + 0.3 * torch.rand((), generator=gen).item())
+        ratio = float(torch.exp(torch.empty(()).uniform_(-1.2, 1.2, generator=gen)))
+        eh = max(1, min(h, int(round((area * ratio) ** 0.5))))
+        ew = max(1, min(w, int(round((area / ratio) ** 0.5))))
+        y = int(torch.randint(0, h - eh + 1, (), generator=gen))
+        x = int(torch.randint(0, w - ew + 1, (), generator=gen))
+        video[i, :, :, y:y + eh, x:x + ew] = torch.randn(video.shape[1], 1, eh, ew, generator=gen).to(video)
+    return video
+
+
+def make_step_fn(cfg: FinetuneConfig, num_classes: int, device):
+    from finetune.mixup import VideoMixup
+    from pretrain.data.transforms import normalize_on_device
+
+    mixer = None
+    if cfg.head.mixup > 0 or cfg.head.cutmix > 0:
+        mixer = VideoMixup(mixup_alpha=cfg.head.mixup, cutmix_alpha=cfg.head.cutmix, prob=cfg.head.mix_prob,
+                           switch_prob=cfg.head.mix_switch_prob, label_smoothing=cfg.head.label_smoothing,
+                           num_classes=num_classes)
+
+    def step_fn(model, batch):
+        video = normalize_on_device(batch["video"].to(device, non_blocking=True), cfg.data.mean, cfg.data.std)
+        y = batch["label"].to(device)
+        if bool((y < 0).any()):
+            raise ValueError("unlabeled sample in fine-tuning data (label -1): point data.shards at labeled shards")
+        if cfg.head.random_erasing > 0:
+            random_erase_(video, cfg.head.random_erasing)
+        if mixer is not None and video.shape[0] % 2 == 0:
+            video, target = mixer(video, y)
+            logits = classifier_forward(model, batch, video)
+            loss = torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        else:
+            logits = classifier_forward(model, batch, video)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.head.label_smoothing)
+        acc = (logits.argmax(-1) == y).float().mean().detach()
+        return loss, {"acc": acc}
+
+    return step_fn
+
+
+# ------------------------------------------------------------------------------------------------
+# entry
+
+
+def _labels_per_class(shards: str, num_classes: int) -> float | None:
+    from pretrain.data.shards import read_manifest
+
+    p = Path(shards)
+    m = read_manifest(p) if p.is_dir() else None
+    if not m or not num_classes:
+        return None
+    per = m["num_samples"] / num_classes
+    return int(per) if float(per).is_integer() else round(per, 1)
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    """Train ``cfg`` (resuming when possible), evaluate on ``data.val_shards``; returns results."""
+    from finetune.baselines import BASELINE_INFO, count_params, gflops_per_clip
+    from finetune.evaluate import evaluate_model, save_confusion_png
+    from pretrain.data.loader import build_loader
+    from pretrain.optim import param_groups
+    from pretrain.runtime import init_runtime
+    from pretrain.trainer import Trainer, seed_everything
+
+    if not cfg.data.shards:
+        raise ConfigError("data.shards: set the labeled training shards")
+    num_classes, classes = resolve_num_classes(cfg)
+    baseline = is_baseline(cfg.model.name)
+    if baseline and BASELINE_INFO[cfg.model.name].get("needs_flow"):
+        cfg.data.flow = True
+    rt = init_runtime(cfg.dist, cfg.optim, cfg.data.batch_size)
+    try:
+        cfg.dist = rt.dist
+        seed_everything(cfg.run.seed)
+        model, spec, how = build_model(cfg, num_classes)
+        params = count_params(model)
+        try:
+            gflops = gflops_per_clip(model, cfg.data.num_frames, cfg.data.img_size)
+        except Exception:  # FLOP counting is informative only
+            gflops = None
+        layer_decay = cfg.optim.layer_decay if hasattr(model, "group_matcher") else 1.0
+        if rt.is_main:
+            print(f"[tubelet] {cfg.model.name} ({'baseline' if baseline else cfg.head.kind}), init: {how}; "
+                  f"{params / 1e6:.2f} M params, {num_classes} classes"
+                  + (f", layer decay {layer_decay}" if layer_decay < 1 else ""), flush=True)
+        rt.setup(model, param_groups(model, cfg.optim.weight_decay, layer_decay))
+
+        def make_loader(state):
+            return build_loader(cfg.data, "train", rank=rt.rank, world_size=rt.world_size, seed=cfg.run.seed,
+                                state=state)
+
+        callbacks = []
+        if cfg.eval.every and cfg.data.val_shards:
+            def periodic_eval(trainer, batch):
+                if trainer.step % cfg.eval.every or trainer.is_last:
+                    return
+                s = evaluate_model(rt.module, cfg.data, cfg.data.val_shards, num_classes, num_clips=1, num_crops=1,
+                                   rank=rt.rank, world_size=rt.world_size, device=rt.device, progress=False,
+                                   max_videos=cfg.eval.max_videos, forward=classifier_forward)
+                if rt.is_main:
+                    with open(Path(cfg.run.dir) / "val.jsonl", "a") as f:
+                        f.write(json.dumps({"step": trainer.step, "top1": s["top1"], "num_videos": s["num_videos"]}) + "\n")
+                    print(f"[tubelet] step {trainer.step}: val top-1 {100 * s['top1']:.1f}% "
+                          f"({s['num_videos']} videos, 1 view)", flush=True)
+            callbacks.append(periodic_eval)
+
+        export = {"format": CLASSIFIER_FORMAT, "spec": spec, "num_classes": num_classes, "classes": classes,
+                  "model": cfg.model.name, "init": how}
+        trainer = Trainer(rt, make_step_fn(cfg, num_classes, rt.device), make_loader, optim=cfg.optim, run=cfg.run,
+                          config=cfg, export=export, callbacks=callbacks)
+        history = trainer.fit()
+        results = {"name": Path(cfg.run.dir).name, "model": cfg.model.name,
+                   "init": "scratch" if how == "scratch" else "pretrained", "init_from": cfg.init or None,
+                   "head": "baseline" if baseline else cfg.head.kind, "params": params, "gflops_per_clip": gflops,
+                   "labels_per_class": _labels_per_class(cfg.data.shards, num_classes), "seed": cfg.run.seed,
+                   "steps": trainer.step, "num_classes": num_classes}
+        cps = [r["clips_per_s"] for r in history if r.get("clips_per_s")]
+        results["train_clips_per_s"] = sum(cps) / len(cps) if cps else None
+        losses = [r["loss"] for r in history if r.get("loss") is not None]
+        results["final_train_loss"] = losses[-1] if losses else None
+        if cfg.data.val_shards:
+            summary = evaluate_model(rt.module, cfg.data, cfg.data.val_shards, num_classes,
+                                     num_clips=cfg.data.test_num_clips, num_crops=cfg.data.test_num_crops,
+                                     rank=rt.rank, world_size=rt.world_size, device=rt.device, class_names=classes,
+                                     progress=cfg.run.progress, forward=classifier_forward)
+            results.update(top1=summary["top1"], top5=summary["top5"], eval_videos=summary["num_videos"],
+                           eval_views=cfg.data.test_num_clips * cfg.data.test_num_crops,
+                           mean_class_accuracy=summary["mean_class_accuracy"])
+            if rt.is_main:
+                run_dir = Path(cfg.run.dir)
+                summary["shards"] = cfg.data.val_shards
+                (run_dir / "eval.json").write_text(json.dumps(summary, indent=1))
+                save_confusion_png(summary, run_dir / "confusion.png", title=cfg.model.name)
+                print(f"[tubelet] {cfg.model.name} ({results['init']}): top-1 {100 * summary['top1']:.2f}%  "
+                      f"top-5 {100 * summary['top5']:.2f}%  on {summary['num_videos']} videos "
+                      f"x {results['eval_views']} views", flush=True)
+        if rt.is_main:
+            (Path(cfg.run.dir) / "results.json").write_text(json.dumps(results, indent=1))
+        return results
+    finally:
+        rt.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    from pretrain.checkpoint import CheckpointError
+    from pretrain.trainer import NonFiniteError
+
+    overrides = list(args.overrides)
+    if args.init:
+        overrides.append(f"init={args.init}")
+    cfg = load_config(FinetuneConfig, args.config, overrides)
+    try:
+        finetune(cfg)
+    except (NonFiniteError, CheckpointError) as e:
+        print(f"tubelet finetune: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0
