@@ -25,7 +25,8 @@ def _encoder_groups(prefix: str, enc: nn.Module, coarse: bool) -> dict:
         "stem": r"^(patch_embed|pos_embed|cls_token)", "blocks": r"^blocks\.(\d+)"}
 
     def anchor(pattern: str) -> str:
-        return "^" + re.escape(prefix) + pattern.lstrip("^")
+        # "^a|^b" -> "^encoder\.(?:a|b)": every alternative moves under the prefix
+        return "^" + re.escape(prefix) + "(?:" + pattern.replace("^", "") + ")"
 
     return {k: anchor(v) if isinstance(v, str) else [(anchor(p), o) for p, o in v] for k, v in gm.items()}
 
