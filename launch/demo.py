@@ -1,0 +1,233 @@
+"""The whole pipeline on the embedded synthetic benchmark, one command.
+
+    tubelet demo                          # --preset quick: <= 10 min on a 2-core CPU
+    tubelet demo --preset full --out demo_full    # the real comparison (hours on a CPU)
+
+Stages: synthesize (motion-defined classes) → pretrain VideoMAE → fine-tune the pretrained ViT and
+the same ViT from scratch → baselines of the lecture → compare (Markdown report) → export the
+encoder (safetensors + ONNX checked against onnxruntime). Each stage runs as its own ``tubelet``
+process, logging to ``OUT/logs/STAGE.log``; a progress bar with an ETA runs over the stages.
+At the end the report is printed and the quick preset's claims are checked and printed as
+PASS/FAIL with the measured values (single-frame at chance, order-blind late fusion ≤ ~55 %,
+3D CNN / C3D ≥ 60 %, reconstruction loss falling).
+
+``full`` runs 20 and 100 labels per class × 3 seeds for the pretrained and scratch ViT and C3D,
+plus every baseline once at 100 labels per class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CHANCE = 0.1  # 10 classes
+
+# The pretrained encoder shared by the ViT runs (must match pretraining and fine-tuning)
+VIT_KW = "model.kwargs={patch_size: 4, tubelet_size: 2}"
+
+
+@dataclass
+class Preset:
+    videos_per_class: list[int]               # labeled train videos per class (one fine-tune set each)
+    pretrain_videos: int
+    test_per_class: int
+    pretrain_steps: int
+    pretrain_model: str
+    encoder: str
+    finetune_steps: int
+    baseline_steps: int
+    baselines: list[str]
+    seeds: list[int]
+    repeated_models: list[str] = field(default_factory=list)   # also run for every seed / label budget
+    batch: int = 16
+    pretrain_batch: int = 16
+    num_repeats: int = 2
+    workers: int = 1
+    est_seconds: dict = field(default_factory=dict)
+
+
+PRESETS = {
+    "quick": Preset(videos_per_class=[100], pretrain_videos=1000, test_per_class=20, pretrain_steps=150,
+                    pretrain_model="videomae_test", encoder="vit_test", finetune_steps=150, baseline_steps=150,
+                    baselines=["single_frame", "late_fusion_avg", "cnn3d"], seeds=[0],
+                    est_seconds={"synth": 25, "pretrain": 120, "finetune": 70, "baseline": 70, "compare": 3,
+                                 "export": 25}),
+    "full": Preset(videos_per_class=[20, 100], pretrain_videos=4000, test_per_class=50, pretrain_steps=4000,
+                   pretrain_model="videomae_tiny", encoder="vit_tiny", finetune_steps=1500, baseline_steps=1500,
+                   baselines=["single_frame", "late_fusion_avg", "late_fusion_meanstd", "late_fusion_concat",
+                              "early_fusion", "cnn3d", "c3d", "two_stream", "recurrent_conv", "nonlocal_3d",
+                              "timesformer", "vivit", "r2plus1d_18"],
+                   seeds=[0, 1, 2], repeated_models=["c3d"], pretrain_batch=32, num_repeats=4, workers=2,
+                   est_seconds={"synth": 120, "pretrain": 3600, "finetune": 400, "baseline": 400, "compare": 3,
+                                "export": 60}),
+}
+
+
+@dataclass
+class Stage:
+    name: str
+    kind: str        # key into est_seconds
+    argv: list[str]
+
+
+def _data_overrides(p: Preset, shards: Path, val: Path) -> list[str]:
+    return [f"data.shards={shards}", f"data.val_shards={val}", f"data.batch_size={p.batch}",
+            f"data.num_workers={p.workers}", "data.test_num_clips=2"]
+
+
+def plan(p: Preset, out: Path) -> list[Stage]:
+    """Every stage of a preset, in order (each one a ``tubelet`` command line)."""
+    data = out / "data"
+    stages = [Stage("synth", "synth", ["synth", "--out", str(data), "--videos-per-class", str(max(p.videos_per_class)),
+                                       "--pretrain-videos", str(p.pretrain_videos), "--test-per-class",
+                                       str(p.test_per_class), "--val-per-class", "2", "--preview", "--no-progress"])]
+    for lpc in p.videos_per_class:
+        if lpc != max(p.videos_per_class):
+            # the synth RNG is keyed by (seed, split, index): the first N videos per class are the same
+            stages.append(Stage(f"synth_{lpc}", "synth",
+                                ["synth", "--out", str(out / f"data_{lpc}"), "--videos-per-class", str(lpc),
+                                 "--pretrain-videos", "0", "--test-per-class", str(p.test_per_class),
+                                 "--val-per-class", "1", "--no-progress"]))
+    pt = out / "pretrain"
+    stages.append(Stage("pretrain", "pretrain", [
+        "pretrain", "--config", "configs/pretrain/synth_tiny.yaml", f"data.shards={data / 'pretrain'}",
+        f"run.dir={pt}", f"run.max_steps={p.pretrain_steps}", f"run.save_every={max(50, p.pretrain_steps // 4)}",
+        f"run.vis_every={max(50, p.pretrain_steps // 3)}", f"model.name={p.pretrain_model}", VIT_KW,
+        f"data.batch_size={p.pretrain_batch}", f"data.num_repeats={p.num_repeats}", f"data.num_workers={p.workers}",
+        "run.progress=false"]))
+    test = data / "test"
+    for lpc in p.videos_per_class:
+        train = (data if lpc == max(p.videos_per_class) else out / f"data_{lpc}") / "train"
+        for seed in p.seeds:
+            tag = f"l{lpc}_s{seed}"
+            common = _data_overrides(p, train, test) + [f"run.seed={seed}", "run.progress=false"]
+            stages.append(Stage(f"vit_pretrained_{tag}", "finetune", [
+                "finetune", "--config", "configs/finetune/synth_vit.yaml", "--init", str(pt),
+                f"model.name={p.encoder}", f"run.dir={out / 'ft' / f'vit_pretrained_{tag}'}",
+                f"run.max_steps={p.finetune_steps}", *common]))
+            stages.append(Stage(f"vit_scratch_{tag}", "finetune", [
+                "finetune", "--config", "configs/finetune/synth_vit.yaml", f"model.name={p.encoder}", VIT_KW,
+                f"run.dir={out / 'ft' / f'vit_scratch_{tag}'}", f"run.max_steps={p.finetune_steps}", *common]))
+            names = p.baselines if (lpc == max(p.videos_per_class) and seed == p.seeds[0]) else p.repeated_models
+            for name in names:
+                stages.append(Stage(f"{name}_{tag}", "baseline", [
+                    "finetune", "--config", "configs/finetune/synth_baseline.yaml", f"model.name={name}",
+                    f"run.dir={out / 'ft' / f'{name}_{tag}'}", f"run.max_steps={p.baseline_steps}", *common]))
+    stages.append(Stage("compare", "compare", ["compare", str(out / "ft" / "*"), "--out", str(out / "REPORT.md"),
+                                               "--title", "tubelet demo: synthetic motion benchmark",
+                                               "--chance", str(CHANCE)]))
+    stages.append(Stage("export_native", "export", ["export", "--from", str(pt), "--out", str(out / "encoder"),
+                                                    "--format", "native"]))
+    stages.append(Stage("export_onnx", "export", ["export", "--from", str(pt), "--out", str(out / "encoder"),
+                                                  "--format", "onnx"]))
+    return stages
+
+
+def run_stage(stage: Stage, out: Path, env: dict) -> tuple[int, float]:
+    log = out / "logs" / f"{stage.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        f.write("$ tubelet " + " ".join(stage.argv) + "\n")
+        f.flush()
+        rc = subprocess.call([sys.executable, "-m", "launch", *stage.argv], stdout=f, stderr=subprocess.STDOUT,
+                             env=env, cwd=Path(__file__).resolve().parents[1])
+    return rc, time.perf_counter() - t0
+
+
+def _result(out: Path, run: str) -> dict | None:
+    f = out / "ft" / run / "results.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def check_claims(out: Path, p: Preset) -> list[tuple[str, bool, str]]:
+    """The robust claims of the quick preset, measured: (claim, ok, measured)."""
+    tag = f"l{max(p.videos_per_class)}_s{p.seeds[0]}"
+    claims = []
+
+    def top1(name):
+        r = _result(out, f"{name}_{tag}")
+        return None if r is None else r.get("top1")
+
+    sf = top1("single_frame")
+    if sf is not None:
+        claims.append(("single-frame CNN at chance (<= 20%)", sf <= 0.20, f"{100 * sf:.1f}%"))
+    lf = top1("late_fusion_avg")
+    if lf is not None:
+        claims.append(("order-blind late fusion <= ~55%", lf <= 0.55, f"{100 * lf:.1f}%"))
+    best3d = max([v for v in (top1("cnn3d"), top1("c3d")) if v is not None], default=None)
+    if best3d is not None:
+        claims.append(("3D CNN / C3D >= 60%", best3d >= 0.60, f"{100 * best3d:.1f}%"))
+    m = out / "pretrain" / "metrics.jsonl"
+    if m.is_file():
+        recs = [json.loads(l) for l in m.read_text().splitlines() if l.strip()]
+        losses = [r["loss"] for r in recs if r.get("loss") is not None]
+        if len(losses) >= 2:
+            k = max(1, len(losses) // 5)
+            first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+            claims.append(("masked-reconstruction loss falling", last < first, f"{first:.3f} -> {last:.3f}"))
+    pngs = sorted((out / "pretrain").glob("recon_step*.png"))
+    claims.append(("reconstruction pictures written", bool(pngs), ", ".join(x.name for x in pngs) or "none"))
+    pt, sc = top1("vit_pretrained"), top1("vit_scratch")
+    if pt is not None and sc is not None:
+        claims.append(("pretrained ViT vs scratch ViT (informative)", pt >= sc,
+                       f"{100 * pt:.1f}% vs {100 * sc:.1f}%"))
+    return claims
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    p.add_argument("--out", default="", help="output directory (default: demo_<preset>)")
+    p.add_argument("--keep-going", action="store_true", help="continue after a failed stage")
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    p = PRESETS[args.preset]
+    out = Path(args.out or f"demo_{args.preset}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    stages = plan(p, out)
+    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "PYTHONUNBUFFERED": "1"}
+    weights = [p.est_seconds.get(s.kind, 30) for s in stages]
+    print(f"tubelet demo ({args.preset}): {len(stages)} stages, about {sum(weights) / 60:.0f} min estimated; "
+          f"logs in {out / 'logs'}", flush=True)
+    t_start = time.perf_counter()
+    failed = []
+    with tqdm(total=sum(weights), unit="est-s", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} est-s [{elapsed}<{remaining}]",
+              dynamic_ncols=True) as bar:
+        for stage, w in zip(stages, weights):
+            bar.set_description(stage.name)
+            rc, dt = run_stage(stage, out, env)
+            bar.update(w)
+            line = f"  {stage.name:<28} {'ok' if rc == 0 else f'FAILED (exit {rc})'}  {dt:6.1f} s"
+            r = _result(out, stage.name)
+            if r and r.get("top1") is not None:
+                line += f"   top-1 {100 * r['top1']:.1f}%"
+            tqdm.write(line)
+            if rc != 0:
+                failed.append(stage.name)
+                tqdm.write(f"    see {out / 'logs' / (stage.name + '.log')}")
+                if not args.keep_going and stage.kind in ("synth", "pretrain"):
+                    break
+    total = time.perf_counter() - t_start
+    report = out / "REPORT.md"
+    claims = check_claims(out, p)
+    lines = ["", "## Checks (measured in this run)", ""]
+    lines += [f"- {'PASS' if ok else 'FAIL'} — {c}: {m}" for c, ok, m in claims]
+    lines += ["", f"Total demo time: {total / 60:.1f} min (preset {args.preset}).", ""]
+    if report.is_file():
+        report.write_text(report.read_text() + "\n".join(lines))
+        print(report.read_text())
+    else:
+        print("\n".join(lines))
+    print(f"report: {report}\nreconstructions: {out / 'pretrain'}/recon_step*.png\nencoder: {out / 'encoder'}")
+    if failed:
+        print(f"failed stages: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
