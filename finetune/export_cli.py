@@ -1,0 +1,91 @@
+"""Export an encoder: native safetensors + config.json, ONNX, or a Hugging Face VideoMAE directory.
+
+    tubelet export --from runs/pt --out exports/enc --format native
+    tubelet export --from runs/pt/checkpoints/step_00001000 --out exports/onnx --format onnx
+    tubelet export --from exports/enc --out exports/hf --format hf
+    tubelet export --from runs/pt --out exports/hf_pt --format hf --with-decoder
+
+--from takes a pretraining run directory (its final/ model, else its newest complete checkpoint,
+DeepSpeed ZeRO shards included), one checkpoint directory, an exported encoder directory, a
+Hugging Face VideoMAE directory or an original VideoMAE .pth. ONNX and HF exports check
+themselves (onnxruntime / transformers against PyTorch) and print the measured difference; the
+command fails when it is above --atol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="source", required=True, metavar="PATH",
+                   help="run dir, checkpoint dir, encoder dir, HF VideoMAE dir or VideoMAE .pth")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (onnx: DIR/encoder.onnx, "
+                   "or a path ending in .onnx)")
+    p.add_argument("--format", choices=("native", "onnx", "hf"), default="native")
+    p.add_argument("--atol", type=float, default=1e-4, help="max abs difference allowed by the self-checks")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
+    p.add_argument("--no-head", action="store_true",
+                   help="hf/native: leave out a classifier head (encoder only, VideoMAEModel)")
+    p.add_argument("--with-decoder", action="store_true",
+                   help="hf: export the whole pretrainer as VideoMAEForPreTraining (source must hold a decoder)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 3],
+                   help="batch sizes the ONNX check runs (the graph's batch axis is dynamic)")
+    g = p.add_argument_group("original VideoMAE .pth sources (geometry is not stored in them)")
+    g.add_argument("--num-frames", type=int, default=16)
+    g.add_argument("--img-size", type=int, default=224)
+    g.add_argument("--num-heads", type=int, default=None, help="encoder heads (default: VideoMAE's for the width)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from finetune.export import export_hf, export_hf_pretraining, export_onnx, save_source
+    from finetune.hf import HFConversionError
+    from finetune.safe_load import UnsafeCheckpointError
+    from finetune.sources import open_source
+
+    if args.opset < 17:
+        print(f"tubelet export: --opset must be >= 17, got {args.opset}", file=sys.stderr)
+        return 2
+    try:
+        src = open_source(args.source, num_frames=args.num_frames, img_size=args.img_size,
+                          num_heads=args.num_heads) if Path(args.source).is_file() else open_source(args.source)
+    except (UnsafeCheckpointError, HFConversionError, FileNotFoundError, ValueError) as e:
+        print(f"tubelet export: {e}", file=sys.stderr)
+        return 2
+    enc = src.encoder.eval()
+    if args.no_head:
+        src.head = None
+    n_params = sum(p.numel() for p in enc.parameters())
+    print(f"export: {src.origin}: {type(enc).__name__} ({n_params / 1e6:.2f}M parameters, "
+          f"{src.report.get('tensors', '?')} tensors loaded)")
+    out = Path(args.out)
+    try:
+        if args.format == "native":
+            path = save_source(src, out)
+            print(f"export: wrote {path}/config.json and model.safetensors")
+        elif args.format == "onnx":
+            path = out if out.suffix == ".onnx" else out / "encoder.onnx"
+            export_onnx(enc, path, batch_sizes=tuple(args.batch_sizes), atol=args.atol, opset=args.opset)
+            meta = {"input": "video (B, 3, T, H, W) float32, (x / 255 - mean) / std",
+                    "outputs": {"tokens": "(B, N, D)", "features": "(B, D) pooled"},
+                    "mean": list(src.mean), "std": list(src.std),
+                    "num_frames": enc.model_config.get("num_frames"), "img_size": enc.model_config.get("img_size"),
+                    "source": src.origin}
+            path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+        elif args.with_decoder:
+            if src.model is src.encoder:
+                print(f"tubelet export: --with-decoder: {src.origin} holds no decoder", file=sys.stderr)
+                return 2
+            export_hf_pretraining(src.model, out, mean=src.mean, std=src.std, atol=args.atol)
+        else:
+            export_hf(enc, out, head=src.head, labels=src.labels, mean=src.mean, std=src.std, atol=args.atol)
+    except HFConversionError as e:
+        print(f"tubelet export: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"tubelet export: FAILED: {e}", file=sys.stderr)
+        return 1
+    return 0
