@@ -1,0 +1,270 @@
+"""Atomic, complete, resumable checkpoints in ``RUN_DIR/checkpoints/``.
+
+Layout of one checkpoint, ``checkpoints/step_00000120/``::
+
+    model.safetensors, optimizer.pt    plain torch (rank 0)      | ds/...  DeepSpeed engine files
+    trainer.json                       step, counters, metrics so far (rank 0)
+    rank00000.pt, rank00001.pt, ...    per rank: python/numpy/torch RNG, data position
+    COMPLETE.json                      written last: step, world size, every file with its size
+
+Saving (all ranks): write everything into ``.tmp-step_00000120``, fsync every file, then rank 0
+writes ``COMPLETE.json``, fsyncs, renames the directory into place, fsyncs the parent and only
+then replaces the ``latest`` pointer (itself via rename). A failure anywhere (disk full, I/O
+error) removes the temporary directory and raises :class:`CheckpointError`; the previous
+checkpoint is untouched. Old checkpoints beyond ``keep_last`` are renamed to ``.trash-*`` before
+deletion, so a half-deleted directory never looks complete.
+
+Loading picks the newest checkpoint whose ``COMPLETE.json`` lists files that all exist with
+the recorded sizes; ``latest`` is a hint checked against that scan (a corrupt or stale pointer
+falls back to the scan). Temporary and trash directories are ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+MARKER = "COMPLETE.json"
+POINTER = "latest"
+_NAME = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message says which and why."""
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+# ---- RNG state ---------------------------------------------------------------------------
+
+
+def capture_rng() -> dict:
+    """This process's python / numpy / torch (and CUDA) RNG states, torch-serialisable."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block without changing any RNG state (data loading, callbacks)."""
+    state = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(state)
+
+
+# ---- durability helpers ------------------------------------------------------------------
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            _fsync_path(Path(dirpath) / f)
+        _fsync_path(Path(dirpath))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+def _file_sizes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ---- finding ---------------------------------------------------------------------------
+
+
+def is_complete(path: Path) -> bool:
+    """``path`` holds a marker whose listed files all exist with the recorded sizes."""
+    try:
+        marker = json.loads((path / MARKER).read_text())
+        files = marker["files"]
+        return bool(files) and all((path / rel).stat().st_size == size for rel, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints as ``(step, path)``, oldest first."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _NAME.match(p.name)
+        if m and p.is_dir() and is_complete(p):
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def find_latest(run_dir: str | Path) -> Optional[Path]:
+    """The newest complete checkpoint, or None. ``latest`` is cross-checked, never trusted."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        return None
+    newest = found[-1][1]
+    pointer = checkpoint_root(run_dir) / POINTER
+    try:
+        named = pointer.read_text().strip()
+    except OSError:
+        named = None
+    if named != newest.name:
+        # a crash between the rename and the pointer update, or a damaged pointer
+        print(f"[tubelet] checkpoint pointer {pointer} says {named!r}; using the newest complete "
+              f"checkpoint {newest.name}", flush=True)
+    return newest
+
+
+# ---- saving ----------------------------------------------------------------------------
+
+
+def save_checkpoint(runtime, run_dir: str | Path, step: int, trainer_state: dict, rank_state: dict,
+                    keep_last: int) -> Path:
+    """Write checkpoint ``step`` atomically (all ranks call); returns its path.
+
+    ``trainer_state`` (JSON-serialisable, rank 0's is kept) and ``rank_state`` (per rank: RNG,
+    data position; torch-serialisable) go next to the runtime's model/optimizer files.
+    Refuses (CheckpointError) when any parameter is non-finite.
+    """
+    root = checkpoint_root(run_dir)
+    final, tmp = root / step_name(step), root / f".tmp-{step_name(step)}"
+    if not runtime.params_finite():
+        previous = find_latest(run_dir) if runtime.is_main else None
+        raise CheckpointError(f"refusing to checkpoint step {step}: the model has non-finite parameters "
+                              f"(the last good checkpoint, {previous}, is kept)")
+    error = None
+    if runtime.is_main:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(".tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+        except OSError as e:
+            error = e
+    if runtime.any(error is not None):
+        raise CheckpointError(f"cannot create {tmp}: {error or 'failed on rank 0'}")
+
+    # phase 1: every rank writes its part, then (after all have written) syncs the tree
+    try:
+        runtime.save(tmp)
+        torch.save(rank_state, tmp / f"rank{runtime.rank:05d}.pt")
+        if runtime.is_main:
+            (tmp / "trainer.json").write_text(json.dumps(trainer_state))
+    except Exception as e:  # noqa: BLE001 - any write failure must leave the old checkpoint
+        error = e
+    failed = runtime.any(error is not None)  # doubles as the barrier before syncing
+    if not failed:
+        try:
+            _fsync_tree(tmp)
+        except OSError as e:
+            error = e
+        failed = runtime.any(error is not None)
+    # phase 2: rank 0 seals and publishes
+    if not failed and runtime.is_main:
+        try:
+            marker = {"step": step, "world_size": runtime.world_size, "files": _file_sizes(tmp)}
+            with open(tmp / MARKER, "w") as f:
+                json.dump(marker, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_path(tmp)
+            if final.exists():  # a leftover from a run started over with run.resume=false
+                _trash(final)
+            os.rename(tmp, final)
+            _fsync_path(root)
+            _write_text_atomic(root / POINTER, final.name + "\n")
+        except Exception as e:  # noqa: BLE001
+            error = e
+    failed = runtime.any(error is not None) if not failed else True
+    if failed:
+        if runtime.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = find_latest(run_dir) if runtime.is_main else None
+        runtime.barrier()
+        where = f"rank {runtime.rank}: {type(error).__name__}: {error}" if error else "another rank"
+        raise CheckpointError(f"saving checkpoint step {step} failed ({where}); the temporary directory "
+                              f"was removed and the previous checkpoint ({previous}) is intact") from error
+    if runtime.is_main:
+        _prune(run_dir, keep_last)
+    runtime.barrier()
+    return final
+
+
+def _trash(path: Path) -> None:
+    trash = path.with_name(f".trash-{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.rename(path, trash)  # atomic: the checkpoint disappears as a whole
+    _fsync_path(path.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _prune(run_dir: Path, keep_last: int) -> None:
+    for _, path in list_checkpoints(run_dir)[:-keep_last]:
+        _trash(path)
+    for leftover in checkpoint_root(run_dir).glob(".trash-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+# ---- loading ---------------------------------------------------------------------------
+
+
+def load_checkpoint(runtime, path: Path) -> tuple[dict, dict]:
+    """Restore model/optimizer from ``path``; return ``(trainer_state, this rank's rank_state)``."""
+    try:
+        marker = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a complete checkpoint ({e})") from e
+    if marker.get("world_size") != runtime.world_size:
+        raise CheckpointError(f"{path} was written by {marker.get('world_size')} process(es) but this run has "
+                              f"{runtime.world_size}: exact resume needs the same number (or use a new run.dir)")
+    runtime.load(path)
+    trainer_state = json.loads((path / "trainer.json").read_text())
+    rank_state = torch.load(path / f"rank{runtime.rank:05d}.pt", map_location="cpu", weights_only=True)
+    return trainer_state, rank_state

@@ -1,0 +1,137 @@
+"""Pretrain a masked autoencoder (VideoMAE, MaskFeat-MViTv2) on video shards.
+
+    tubelet pretrain --config configs/pretrain/synth_tiny.yaml data.shards=data/synth/pretrain run.dir=runs/tiny
+    python -m pretrain --config configs/pretrain/vit_b_k400.yaml data.shards=/data/k400 run.dir=runs/vit_b
+    accelerate launch --config_file launch/accelerate/cpu-2proc.yaml -m pretrain \\
+        --config configs/pretrain/synth_tiny.yaml data.shards=data/synth/pretrain run.dir=runs/tiny2
+
+Overrides are dotted ``key=value`` pairs (``run.max_steps=200 dist.grad_accum=2``). An existing
+run directory is resumed from its newest complete checkpoint (``run.resume=true``). Writes
+``config.yaml``, ``metrics.jsonl``, ``tb/``, ``checkpoints/``, ``recon_step*.png``, ``loss.png``
+and ``final/{model.safetensors,config.json}`` into ``run.dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from pretrain.config import ConfigError, PretrainConfig, load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML preset (configs/pretrain/*.yaml or a path)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+
+def model_kwargs(cfg: PretrainConfig) -> dict:
+    """Keyword arguments for ``create_model(cfg.model.name, ...)`` (clip size from ``cfg.data``)."""
+    return {"num_frames": cfg.data.num_frames, "img_size": cfg.data.img_size,
+            "mask_type": cfg.model.mask_type, "mask_ratio": cfg.model.mask_ratio,
+            "decoder_mask_ratio": cfg.model.decoder_mask_ratio, "drop_path_rate": cfg.model.drop_path,
+            "grad_checkpointing": cfg.model.grad_checkpointing, **cfg.model.kwargs}
+
+
+def build_model(cfg: PretrainConfig) -> torch.nn.Module:
+    """The registered pretrainer; bad names or keywords become a ConfigError naming the field."""
+    from pretrain.models import create_model, is_model, list_models
+
+    if not is_model(cfg.model.name):
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r} (known: {', '.join(list_models('*mae*'))}, "
+                          f"{', '.join(list_models('maskfeat*'))})")
+    try:
+        return create_model(cfg.model.name, **model_kwargs(cfg))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.kwargs / model.*: {cfg.model.name}: {e}") from e
+
+
+def make_step_fn(cfg: PretrainConfig, device: torch.device):
+    """``step_fn(model, batch) -> (loss, {})``: uint8 clips to normalised floats on the device, MAE loss."""
+    from pretrain.data.transforms import normalize_on_device
+
+    mean, std = cfg.data.mean, cfg.data.std
+
+    def step_fn(model, batch):
+        video = normalize_on_device(batch["video"].to(device, non_blocking=True), mean, std)
+        loss, _ = model(video)
+        return loss, {}
+
+    return step_fn
+
+
+def make_recon_callback(cfg: PretrainConfig, clips: int = 2, frames: int = 8):
+    """Callback writing ``recon_step{N}.png`` every ``run.vis_every`` steps and at the last step.
+
+    Runs on every rank (ZeRO-3 needs all ranks in a forward); masks come from a fixed generator,
+    so the pictures of two runs are comparable, and the trainer restores the RNG afterwards.
+    """
+    from pretrain.data.transforms import normalize_on_device
+    from pretrain.visualize import save_recon_grid
+
+    every = cfg.run.vis_every
+
+    def callback(trainer, batch):
+        if not (trainer.is_last or (every and trainer.step % every == 0)):
+            return
+        rt = trainer.runtime
+        module = rt.module
+        if not hasattr(module, "reconstruct"):
+            return
+        video = normalize_on_device(batch["video"][:clips].to(rt.device), cfg.data.mean, cfg.data.std)
+        gen = torch.Generator(device=rt.device).manual_seed(cfg.run.seed)
+        was_training = module.training
+        module.eval()
+        with torch.no_grad(), rt.autocast():
+            out = module.reconstruct(video, generator=gen)
+        module.train(was_training)
+        if rt.is_main:
+            save_recon_grid(out, cfg.data.mean, cfg.data.std, trainer.run_dir / f"recon_step{trainer.step}.png",
+                            frames=frames, clips=clips, title=f"{cfg.model.name} step {trainer.step}")
+
+    return callback
+
+
+def pretrain(cfg: PretrainConfig) -> list[dict]:
+    """Train ``cfg`` to ``run.max_steps`` (resuming when possible); returns the metric records."""
+    from pretrain.data.loader import build_loader
+    from pretrain.optim import param_groups
+    from pretrain.runtime import init_runtime
+    from pretrain.trainer import Trainer, seed_everything
+
+    rt = init_runtime(cfg.dist, cfg.optim, cfg.data.batch_size)
+    try:
+        cfg.dist = rt.dist  # what the launcher decided is what config.yaml records
+        seed_everything(cfg.run.seed)  # identical initial weights on every rank
+        model = build_model(cfg)
+        rt.setup(model, param_groups(model, cfg.optim.weight_decay))
+
+        def make_loader(state):
+            try:
+                return build_loader(cfg.data, "train", rank=rt.rank, world_size=rt.world_size,
+                                    seed=cfg.run.seed, state=state)
+            except ConfigError:
+                raise
+            except ValueError as e:  # a loader state from different data / worker count
+                raise ConfigError(f"data: cannot resume the data position: {e}") from e
+
+        trainer = Trainer(rt, make_step_fn(cfg, rt.device), make_loader, optim=cfg.optim, run=cfg.run, config=cfg,
+                          export={"model": cfg.model.name, "model_kwargs": model_kwargs(cfg)},
+                          callbacks=[make_recon_callback(cfg)])
+        return trainer.fit()
+    finally:
+        rt.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    from pretrain.checkpoint import CheckpointError
+    from pretrain.trainer import NonFiniteError
+
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    try:
+        pretrain(cfg)
+    except (NonFiniteError, CheckpointError) as e:
+        print(f"tubelet pretrain: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0

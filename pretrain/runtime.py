@@ -1,0 +1,383 @@
+"""Process setup and the backend behind the training loop: plain torch (DDP when multi-process) or
+a DeepSpeed engine (ZeRO 0-3). The trainer sees only :class:`Runtime`; there is no second loop.
+
+    rt = init_runtime(cfg.dist, cfg.optim, cfg.data.batch_size)   # before building the model
+    rt.setup(model, param_groups(model, 0.05))                     # wraps model + torch AdamW
+    with rt.micro_step(boundary=True):
+        with rt.autocast():
+            loss = loss_fn(rt.model, batch)
+        rt.backward(loss)
+    result = rt.step(lr=1e-3, skip=not finite)                     # clip + update, or a clean skip
+
+Process setup goes through accelerate's ``PartialState`` (env from ``accelerate launch`` /
+torchrun: gloo on CPU, NCCL on GPU). On a CPU machine ``DS_ACCELERATOR=cpu`` is set before
+DeepSpeed is imported. ``python -m pretrain`` with ``dist.deepspeed=true`` and no launcher gets a
+one-process group of its own.
+
+Non-finite steps: the loop always runs backward (collectives stay in lock-step across ranks) and
+decides at the optimizer step. A skipped step never updates: plain torch and ZeRO-0 drop the
+gradients; ZeRO 1-3 find the non-finite gradients themselves and skip (``was_step_applied``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional
+
+import torch
+import torch.distributed as tdist
+import torch.nn as nn
+
+from pretrain.dist_config import (apply_launcher_env, check_dist, load_template, resolve_precision,
+                                  to_deepspeed_config)
+from pretrain.optim import build_optimizer
+
+__all__ = ["Runtime", "StepResult", "init_runtime", "to_deepspeed_config"]
+
+DS_TAG = "ds"  # DeepSpeed's sub-directory inside one of our checkpoint directories
+
+
+@dataclass
+class StepResult:
+    """Outcome of one optimizer step."""
+
+    applied: bool
+    """Whether the parameters were updated."""
+    grad_norm: float
+    """Global gradient norm before clipping (nan when unknown/skipped)."""
+    overflow: bool = False
+    """fp16 dynamic loss scaling skipped the step (expected now and then; not a failure)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Runtime:
+    """Rank/device facts plus the backend operations the training loop needs."""
+
+    def __init__(self, state, dist_cfg, optim_cfg, micro_batch: int, notes: list[str]):
+        self.state = state  # accelerate.PartialState
+        self.dist = dist_cfg
+        self.optim_cfg = optim_cfg
+        self.micro_batch = micro_batch
+        self.notes = notes
+        self.rank: int = state.process_index
+        self.world_size: int = state.num_processes
+        self.local_rank: int = state.local_process_index
+        self.device: torch.device = state.device
+        self.is_main: bool = state.is_main_process
+        self.precision = resolve_precision(dist_cfg.precision, self.device.type)
+        self.grad_accum: int = dist_cfg.grad_accum
+        self.model: nn.Module | None = None  # what the loop calls (DDP / DeepSpeed engine / module)
+        self.module: nn.Module | None = None  # the bare model
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.engine = None
+
+    # ---- facts ---------------------------------------------------------------------------
+    @property
+    def total_batch(self) -> int:
+        """Clips per optimizer step over all ranks: micro x accumulation x world size."""
+        return self.micro_batch * self.grad_accum * self.world_size
+
+    @property
+    def backend(self) -> str:
+        if self.dist.deepspeed:
+            return f"DeepSpeed ZeRO-{self.dist.zero_stage}" + (" + optimizer offload" if self.dist.offload_optimizer else "")
+        return "DDP" if self.world_size > 1 else "single process"
+
+    def describe(self) -> str:
+        return (f"{self.backend}, {self.world_size} process(es) on {self.device.type}, "
+                f"{self.state.backend or 'no'} collectives, {self.precision}")
+
+    # ---- collectives (no-ops in one process) ------------------------------------------------
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            tdist.barrier()
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum of a float64 CPU/device tensor over ranks (returns a new tensor)."""
+        t = t.detach().to(self.device, torch.float64).clone()
+        if self.world_size > 1:
+            tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+        return t
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any rank."""
+        return bool(self.all_reduce_sum(torch.tensor([float(flag)])).item() > 0)
+
+    def broadcast_object(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        tdist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        return box[0]
+
+    def close(self) -> None:
+        """Leave the process group (no barrier: also safe after an error on one rank)."""
+        if tdist.is_available() and tdist.is_initialized():
+            tdist.destroy_process_group()
+
+    # ---- wrapping ---------------------------------------------------------------------------
+    def setup(self, model: nn.Module, groups: list[dict]) -> None:
+        """Move ``model`` to the device, build torch AdamW over ``groups``, wrap for the backend."""
+        raise NotImplementedError
+
+    def autocast(self):
+        """bf16/fp16 autocast on the device; a no-op in fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def set_lr(self, lr: float) -> None:
+        """Scheduled LR into every group (times its ``lr_scale`` from layer decay)."""
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+
+    def params_finite(self) -> bool:
+        """All parameters (this rank's shards under ZeRO-3) finite on every rank."""
+        ok = True
+        for p in self.module.parameters():
+            t = getattr(p, "ds_tensor", p)  # ZeRO-3 keeps only a partition per rank
+            if t.numel() and not bool(torch.isfinite(t).all()):
+                ok = False
+                break
+        return not self.any(not ok)
+
+    # backend operations, see subclasses
+    def zero_grad(self) -> None:
+        """Drop accumulated gradients (``step`` already does after every optimizer step)."""
+        if self.engine is not None:
+            self.engine.zero_grad()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def micro_step(self, boundary: bool):
+        raise NotImplementedError
+
+    def backward(self, loss: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def step(self, lr: float, skip: bool) -> StepResult:
+        raise NotImplementedError
+
+    def save(self, directory: Path) -> None:
+        """Model + optimizer state into ``directory`` (all ranks call)."""
+        raise NotImplementedError
+
+    def load(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    def full_state_dict(self, directory: Path) -> Optional[dict]:
+        """fp32 state dict of the whole model from the checkpoint in ``directory`` (rank 0; else None)."""
+        raise NotImplementedError
+
+
+def _grad_norm(params) -> float:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
+
+
+class TorchRuntime(Runtime):
+    """Plain torch: one process, or DDP over the launched processes."""
+
+    def setup(self, model, groups):
+        self.module = model.to(self.device)
+        self.optimizer = build_optimizer(groups, self.optim_cfg)
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+        else:
+            self.model = self.module
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def micro_step(self, boundary):
+        # DDP all-reduces gradients only on the last micro-step of an accumulation window
+        if self.world_size > 1 and not boundary:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def backward(self, loss):
+        (loss / self.grad_accum).backward()
+
+    def step(self, lr, skip):
+        self.set_lr(lr)
+        norm = float("nan")
+        if not skip:
+            clip = self.optim_cfg.clip_grad
+            if clip:
+                norm = float(torch.nn.utils.clip_grad_norm_(self._params, clip))
+            else:
+                norm = _grad_norm(self._params)
+            skip = not math.isfinite(norm)
+        if not skip:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(applied=not skip, grad_norm=norm)
+
+    def save(self, directory):
+        from safetensors.torch import save_file
+
+        if self.is_main:
+            save_file(_unshare(self.module.state_dict()), str(directory / "model.safetensors"))
+            torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
+
+    def load(self, directory):
+        from safetensors.torch import load_file
+
+        self.module.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(self.device)))
+        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=self.device,
+                                                  weights_only=True))
+
+    def full_state_dict(self, directory):
+        if not self.is_main:
+            return None
+        return {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
+                for k, v in self.module.state_dict().items()}
+
+
+class DeepSpeedRuntime(Runtime):
+    """A DeepSpeed engine around the model and a torch AdamW (ZeRO stage from the config)."""
+
+    def setup(self, model, groups):
+        import deepspeed
+
+        template = load_template(self.dist.deepspeed_config) if self.dist.deepspeed_config else None
+        cfg = SimpleNamespace(data=SimpleNamespace(batch_size=self.micro_batch), dist=self.dist,
+                              optim=self.optim_cfg)
+        self.ds_config = to_deepspeed_config(cfg, self.world_size, template, self.device.type)
+        optimizer = build_optimizer(groups, self.optim_cfg)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                                 config=self.ds_config)
+        # fp32 ZeRO-0 steps our AdamW directly, with no finiteness check; every other setup wraps
+        # it (ZeRO, bf16, fp16 optimizers), and the wrapper skips steps with non-finite gradients
+        self._raw_optimizer = self.engine.optimizer is optimizer
+        self.model = self.engine
+        self.module = self.engine.module
+
+    def micro_step(self, boundary):
+        return _DeepSpeedMicroStep(self, boundary)
+
+    def backward(self, loss):
+        self.engine.backward(loss)  # scales by 1/accumulation itself
+
+    def step(self, lr, skip):
+        self.set_lr(lr)
+        assert self.engine.is_gradient_accumulation_boundary(), "DeepSpeed micro-step count out of step"
+        norm = float("nan")
+        if self._raw_optimizer:
+            # the gradients are already averaged over ranks: measure them and drop non-finite ones
+            norm = _grad_norm(self.module.parameters())
+            skip = skip or not math.isfinite(norm)
+        if self._raw_optimizer and skip:
+            self.engine.optimizer.zero_grad(set_to_none=True)  # AdamW updates no param without grad
+            clip = self.engine._config.gradient_clipping
+            self.engine._config.gradient_clipping = 0.0  # DeepSpeed's ZeRO-0 clip fails on no gradients
+            try:
+                self.engine.step()  # still called: DeepSpeed's step counters stay in line with ours
+            finally:
+                self.engine._config.gradient_clipping = clip
+        else:
+            self.engine.step()
+        applied = bool(self.engine.was_step_applied()) and not (self._raw_optimizer and skip)
+        if not self._raw_optimizer:
+            g = self.engine.get_global_grad_norm()
+            norm = float(g) if g is not None else float("nan")
+        if skip and applied:
+            print(f"[tubelet] rank {self.rank}: warning: the loss was non-finite but the gradients were "
+                  f"finite, and DeepSpeed applied the step", flush=True)
+        overflow = self.precision == "fp16" and not applied and not skip
+        return StepResult(applied=applied, grad_norm=norm, overflow=overflow)
+
+    def save(self, directory):
+        self.engine.save_checkpoint(str(directory), tag=DS_TAG, client_state={}, save_latest=False)
+
+    def load(self, directory):
+        path, _ = self.engine.load_checkpoint(str(directory), tag=DS_TAG, load_module_strict=True,
+                                              load_optimizer_states=True, load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {directory / DS_TAG}")
+
+    def full_state_dict(self, directory):
+        if not self.is_main:
+            return None
+        if self.dist.zero_stage == 0:
+            states = torch.load(directory / DS_TAG / "mp_rank_00_model_states.pt", map_location="cpu",
+                                weights_only=False)
+            sd = states["module"]
+        else:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            sd = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=DS_TAG)
+        return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
+class _DeepSpeedMicroStep:
+    """DeepSpeed counts micro-steps in ``engine.step()``: call it after every non-final one."""
+
+    def __init__(self, rt: DeepSpeedRuntime, boundary: bool):
+        self.rt, self.boundary = rt, boundary
+
+    def __enter__(self):
+        if self.rt.engine.is_gradient_accumulation_boundary() != self.boundary:
+            raise RuntimeError("DeepSpeed's accumulation boundary disagrees with the loop's")
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None and not self.boundary:
+            self.rt.engine.step()  # no update: only advances DeepSpeed's micro-step counter
+        return False
+
+
+def _unshare(sd: dict) -> dict:
+    """safetensors refuses tensors that share storage: clone the repeats."""
+    seen, out = set(), {}
+    for k, v in sd.items():
+        v = v.detach()
+        key = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else None
+        out[k] = v.clone().contiguous() if key in seen else v.contiguous()
+        if key is not None:
+            seen.add(key)
+    return out
+
+
+def init_runtime(dist_cfg, optim_cfg, micro_batch: int, environ=None) -> Runtime:
+    """Start (or join) the process group and pick the backend; call before building the model.
+
+    ``dist_cfg`` is first updated from the ``accelerate launch`` environment (see
+    :func:`pretrain.dist_config.apply_launcher_env`); the effective config is ``runtime.dist``.
+    """
+    from pretrain.config import ConfigError
+
+    environ = os.environ if environ is None else environ
+    dist_cfg, notes = apply_launcher_env(dist_cfg, environ)
+    check_dist(dist_cfg)
+    cpu = not torch.cuda.is_available()
+    if cpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepspeed
+    if dist_cfg.deepspeed and "LOCAL_RANK" not in os.environ and "RANK" not in os.environ:
+        # not launched: DeepSpeed still needs a process group, so make a one-process one
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0",
+                          WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    if dist_cfg.deepspeed:
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError as e:  # pragma: no cover - deepspeed is a dependency
+            raise ConfigError(f"dist.deepspeed: DeepSpeed is not importable ({e})") from e
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cpu)
+    cls = DeepSpeedRuntime if dist_cfg.deepspeed else TorchRuntime
+    return cls(state, dist_cfg, optim_cfg, micro_batch, notes)
