@@ -57,6 +57,12 @@ PRESETS = {
                     baselines=["single_frame", "late_fusion_avg", "cnn3d"], seeds=[0],
                     est_seconds={"synth": 25, "pretrain": 120, "finetune": 70, "baseline": 70, "compare": 3,
                                  "export": 25}),
+    # the whole pipeline with minimal sizes: what the test suite runs (numbers are meaningless)
+    "smoke": Preset(videos_per_class=[3], pretrain_videos=20, test_per_class=1, pretrain_steps=4,
+                    pretrain_model="videomae_test", encoder="vit_test", finetune_steps=3, baseline_steps=3,
+                    baselines=["single_frame", "cnn3d"], seeds=[0], batch=4, pretrain_batch=4, num_repeats=2,
+                    est_seconds={"synth": 5, "pretrain": 15, "finetune": 12, "baseline": 12, "compare": 2,
+                                 "export": 10}),
     "full": Preset(videos_per_class=[20, 100], pretrain_videos=4000, test_per_class=50, pretrain_steps=4000,
                    pretrain_model="videomae_tiny", encoder="vit_tiny", finetune_steps=1500, baseline_steps=1500,
                    baselines=["single_frame", "late_fusion_avg", "late_fusion_meanstd", "late_fusion_concat",
