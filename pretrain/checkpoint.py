@@ -15,8 +15,8 @@ checkpoint is untouched. Old checkpoints beyond ``keep_last`` are renamed to ``.
 deletion, so a half-deleted directory never looks complete.
 
 Loading picks the newest checkpoint whose ``COMPLETE.json`` lists files that all exist with
-the recorded sizes; ``latest`` is a hint checked against that scan (a corrupt or stale pointer
-falls back to the scan). Temporary and trash directories are ignored.
+the recorded sizes; ``latest`` is only compared with that scan (a corrupt or stale pointer is
+reported and ignored). Temporary and trash directories are ignored.
 """
 
 from __future__ import annotations
@@ -145,21 +145,19 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def find_latest(run_dir: str | Path) -> Optional[Path]:
-    """The newest complete checkpoint, or None. ``latest`` is cross-checked, never trusted."""
+    """The newest complete checkpoint, or None. The ``latest`` pointer is not trusted: a crash
+    between the rename and the pointer update, or a damaged pointer, must not hide or fake one
+    (see :func:`read_pointer` to compare)."""
     found = list_checkpoints(run_dir)
-    if not found:
-        return None
-    newest = found[-1][1]
-    pointer = checkpoint_root(run_dir) / POINTER
+    return found[-1][1] if found else None
+
+
+def read_pointer(run_dir: str | Path) -> Optional[str]:
+    """What the ``latest`` pointer names (None when missing or unreadable)."""
     try:
-        named = pointer.read_text().strip()
-    except OSError:
-        named = None
-    if named != newest.name:
-        # a crash between the rename and the pointer update, or a damaged pointer
-        print(f"[tubelet] checkpoint pointer {pointer} says {named!r}; using the newest complete "
-              f"checkpoint {newest.name}", flush=True)
-    return newest
+        return (checkpoint_root(run_dir) / POINTER).read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 # ---- saving ----------------------------------------------------------------------------

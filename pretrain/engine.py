@@ -77,8 +77,8 @@ def make_recon_callback(cfg: PretrainConfig, clips: int = 2, frames: int = 8):
             return
         rt = trainer.runtime
         module = rt.module
-        if not hasattr(module, "reconstruct"):
-            return
+        if not hasattr(module, "reconstruct") or not getattr(module, "can_reconstruct", True):
+            return  # e.g. MaskFeat with HOG targets: nothing to draw as pixels
         video = normalize_on_device(batch["video"][:clips].to(rt.device), cfg.data.mean, cfg.data.std)
         gen = torch.Generator(device=rt.device).manual_seed(cfg.run.seed)
         was_training = module.training

@@ -43,9 +43,13 @@ Semantics:
   model, optimizer, step, every rank's RNG and data position, counters and the metrics so far;
   with ``run.resume`` the newest complete one in ``run.dir`` is loaded and training continues
   bitwise as if never interrupted (CPU, same number of processes).
+* ``make_loader(state)`` returns an endless iterable of batches with ``state_dict()`` (the data
+  position after the last batch, passed back as ``state`` on resume); ``stats()["skipped"]`` and
+  ``batches_per_epoch`` are used when present. Fetching batches cannot change the RNG state.
 * ``callbacks``: ``fn(trainer, batch)`` after every step on every rank (collective model calls
-  are allowed); they run under a forked RNG so they cannot change the training randomness.
-  ``trainer.step``, ``trainer.is_last``, ``trainer.runtime``, ``trainer.run_dir`` are there to read.
+  are allowed); the RNG state is restored after each, so they cannot change the training
+  randomness. ``trainer.step``, ``trainer.is_last``, ``trainer.runtime``, ``trainer.run_dir``,
+  ``trainer.history`` are there to read.
 * Run directory: ``config.yaml``, ``metrics.jsonl``, ``tb/`` (TensorBoard), ``checkpoints/``,
   ``loss.png``, ``final/model.safetensors`` + ``final/config.json`` (``export`` merged in).
 """
@@ -63,7 +67,7 @@ import numpy as np
 import torch
 
 from pretrain.checkpoint import (capture_rng, find_latest, list_checkpoints, load_checkpoint, preserved_rng,
-                                 restore_rng, save_checkpoint)
+                                 read_pointer, restore_rng, save_checkpoint)
 from pretrain.config import ConfigError, save_config, to_dict
 from pretrain.schedule import lr_at, scaled_lr
 
@@ -122,12 +126,15 @@ class Trainer:
         path = None
         if self.run.resume:
             path = rt.broadcast_object(find_latest(self.run_dir) if rt.is_main else None)
-        elif rt.is_main and list_checkpoints(self.run_dir):
+        elif list_checkpoints(self.run_dir):  # every rank sees the (shared) run dir: all stop
             raise ConfigError(f"run.resume: false, but {self.run_dir} already holds checkpoints; resume (true), "
                               f"or choose a new run.dir")
         if path is None:
             seed_everything(_rank_seed(self.run.seed, rt.rank))
             return None
+        if rt.is_main and read_pointer(self.run_dir) != Path(path).name:
+            self._log(f"note: checkpoints/latest names {read_pointer(self.run_dir)!r}, not the newest complete "
+                      f"checkpoint {Path(path).name} (interrupted save or damaged pointer); using the latter")
         state, rank_state = load_checkpoint(rt, Path(path))
         self.step = self._last_saved = int(state["step"])
         self.history = state["history"]

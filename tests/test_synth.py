@@ -91,7 +91,9 @@ def _all_samples(out: Path) -> dict[str, dict[str, bytes]]:
 
 
 def test_synth_is_deterministic_by_seed_and_independent_of_workers(tmp_path):
-    kw = dict(videos_per_class=1, pretrain_videos=6, val_per_class=1, test_per_class=1, frames=8, size=16,
+    # 32 px wide: at widths of 16 mod 32, encode_mp4 (PyAV + libx264) reads uninitialised row
+    # padding and its bytes vary from run to run (see pretrain.data.transcode.zero_padded_yuv420p)
+    kw = dict(videos_per_class=1, pretrain_videos=6, val_per_class=1, test_per_class=1, frames=8, size=32,
               shard_size=4, progress=False)
     write_synth(tmp_path / "a", seed=3, **kw)
     write_synth(tmp_path / "b", seed=3, workers=2, **kw)

@@ -31,7 +31,9 @@ labeled clips, one thread, rendered frames): ``easy`` 67 % held-out after 4 epoc
 (75 % after 6 epochs at 8x16x16); ``hard`` 26 % after 6 epochs at 16x32x32 (chance 10 %; with
 stronger texture and noise, as in the prototype's hard setting, it stayed at chance).
 Generation costs ~7 ms of CPU per video (render + H.264). Every video's RNG derives from
-``(seed, split, index)``, so the output is identical for any ``--workers``.
+``(seed, split, index)``, so the frames are identical for any ``--workers``, and so are the mp4
+bytes at sizes that are multiples of 32 (at 16 mod 32, libx264 reads uninitialised row padding
+in ``encode_mp4``'s frames); tar headers carry the write time.
 """
 
 from __future__ import annotations
