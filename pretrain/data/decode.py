@@ -12,9 +12,9 @@ index outside ``[0, num_frames)``, ``ValueError`` for an unknown backend).
 Segfaults. decord 0.6 reading from memory crashes the whole process (SIGSEGV) on some corrupt
 mp4s; PyAV does not. Measured here by fuzzing a real H.264 mp4 with random bit flips,
 truncations, chunk deletions/duplications and overwrites, each decoded in a child process:
-14 segfaults in 20,000 mutations (8 + 1 abort in 3,000 in a first run), all from corrupt
-``stsz``/``stts`` sample tables (a sample size pointing past the end of the file, an absurd frame
-count) that PyAV itself decodes without complaint. So ``open_video(..., backend="decord")``
+14 SIGSEGV in 20,000 mutations of 4 clips (earlier runs on one clip: 7 SIGSEGV + 1 SIGABRT in
+3,000, 3 SIGSEGV in 2,000), all from bit flips in the ``stsz``/``stts`` sample tables (one sample
+size pointing past the end of the file, an absurd frame count) that PyAV decodes without complaint. So ``open_video(..., backend="decord")``
 first runs :func:`probe_container` (PyAV demux, no decoding: ~0.5 ms for a 16-frame clip, ~7 ms
 for 10 s of 320x240, i.e. 10-20 % of opening the clip with decord), which rejects those inputs with
 a ``DecodeError``; after it, 0 segfaults in the same 20,000 mutations. That makes the in-process
