@@ -125,6 +125,9 @@ class ModelConfig:
     """Activation checkpointing in the encoder blocks."""
     kwargs: dict = field(default_factory=dict)
     """Extra keyword overrides passed to ``create_model`` (e.g. ``embed_dim``, ``depth``)."""
+    init: str = ""
+    """Warm start (pretraining): a dir holding the full pretrainer's ``model.safetensors`` (``tubelet
+    import`` output, a run or its ``final/``); exact key set. A resumed checkpoint takes precedence."""
 
     def __post_init__(self):
         _check(bool(self.name), "model.name", "must be set")

@@ -47,6 +47,30 @@ def build_model(cfg: PretrainConfig) -> torch.nn.Module:
         raise ConfigError(f"model.kwargs / model.*: {cfg.model.name}: {e}") from e
 
 
+def load_init(model: torch.nn.Module, path: str) -> int:
+    """Load ``model.safetensors`` found at ``path`` (file, dir, run dir) strictly; returns #tensors."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    for cand in (p, p / "model.safetensors", p / "final" / "model.safetensors"):
+        if cand.is_file() and cand.suffix == ".safetensors":
+            break
+    else:
+        raise ConfigError(f"model.init: no model.safetensors at {path} (give a `tubelet import` output, a run "
+                          f"directory or its final/)")
+    sd = load_file(str(cand))
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    bad = [k for k in own if k in sd and own[k].shape != sd[k].shape]
+    if missing or unexpected or bad:
+        raise ConfigError(f"model.init: {cand} does not fit {type(model).__name__}: missing {missing[:6]}, "
+                          f"unexpected {unexpected[:6]}, wrong shape {bad[:6]}")
+    model.load_state_dict(sd, strict=True)
+    return len(sd)
+
+
 def make_step_fn(cfg: PretrainConfig, device: torch.device):
     """``step_fn(model, batch) -> (loss, {})``: uint8 clips to normalised floats on the device, MAE loss."""
     from pretrain.data.transforms import normalize_on_device
@@ -105,6 +129,10 @@ def pretrain(cfg: PretrainConfig) -> list[dict]:
         cfg.dist = rt.dist  # what the launcher decided is what config.yaml records
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
         model = build_model(cfg)
+        if cfg.model.init:
+            n = load_init(model, cfg.model.init)
+            if rt.is_main:
+                print(f"[tubelet] warm start: {n} tensors from {cfg.model.init}", flush=True)
         rt.setup(model, param_groups(model, cfg.optim.weight_decay))
 
         def make_loader(state):

@@ -315,7 +315,7 @@ class DeepSpeedRuntime(Runtime):
             return None
         if self.dist.zero_stage == 0:
             states = torch.load(directory / DS_TAG / "mp_rank_00_model_states.pt", map_location="cpu",
-                                weights_only=False)
+                                weights_only=True)  # tensors only: no pickle code runs
             sd = states["module"]
         else:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

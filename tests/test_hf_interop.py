@@ -191,8 +191,18 @@ def test_pretraining_import_loss_matches_hf(tmp_path, capsys):
     d_loss, d_pred = abs(float(loss) - float(res.loss)), float((pred - res.logits).abs().max())
     print(f"pretraining: loss ours {float(loss):.6f} HF {float(res.loss):.6f} (diff {d_loss:.2e}), pred {d_pred:.2e}")
     assert d_loss <= 1e-4 and d_pred <= 1e-4
+    # `tubelet pretrain` warm-starts from the imported directory (model.init): exact weights
+    from pretrain.config import ConfigError
+    from pretrain.engine import load_init
+
+    warm = build_model(load_config(PretrainConfig, tmp_path / "pt" / "pretrain.yaml", [f"model.init={tmp_path / 'pt'}"]))
+    load_init(warm, warm_path := str(tmp_path / "pt"))
+    for k, v in mae.state_dict().items():
+        assert torch.equal(warm.state_dict()[k], v), k
     # a model of another shape is refused with the exact key differences
     other = create_model(spec["model"], **{**spec["model_kwargs"], "decoder_depth": 1})
+    with pytest.raises(ConfigError, match="model.init.*unexpected.*decoder.blocks.1"):
+        load_init(other, warm_path)
     with pytest.raises(ValueError, match="unexpected.*decoder.blocks.1"):
         load_pretrainer_init(tmp_path / "pt", other)
 

@@ -93,7 +93,7 @@ class ShardSink:
         if self._writer is not None and (self._count >= self.maxcount or self._bytes + len(video) > self.maxsize):
             self._finish_shard()
         if self._writer is None:
-            self._writer = wds.TarWriter(str(self._path(self._shard)))
+            self._writer = wds.TarWriter(str(self._path(self._shard)), mtime=0)  # same samples, same bytes
         sample = {"__key__": key, ext: video, "json": json.dumps(meta).encode()}
         if meta.get("label") is not None:
             sample["cls"] = str(int(meta["label"])).encode()

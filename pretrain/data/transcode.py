@@ -19,6 +19,8 @@ from typing import Any
 import av  # imported with the module: a worker has it loaded before its first (timed) task
 import numpy as np
 
+from pretrain.data.video_io import zero_padded_yuv420p  # noqa: F401  (re-exported)
+
 from pretrain.data.decode import DecodeError, _av, error_text
 from pretrain.data.isolate import decode_check
 
@@ -31,22 +33,6 @@ def _out_size(w: int, h: int, short_side: int) -> tuple[int, int]:
         s = short_side / min(w, h)
         w, h = w * s, h * s
     return max(2, int(round(w / 2)) * 2), max(2, int(round(h / 2)) * 2)  # yuv420p needs even sizes
-
-
-def zero_padded_yuv420p(img: "av.VideoFrame") -> "av.VideoFrame":
-    """Copy of a yuv420p frame whose row padding (linesize beyond the width) is zeros.
-
-    libx264 reads that padding at widths of 16 mod 32 px, so with FFmpeg's uninitialised padding
-    the same pictures encode to different bytes -- and slightly different decoded pixels (max 17
-    levels measured at 16x16) -- from run to run. Zeros make encoding a function of the pictures.
-    """
-    out = av.VideoFrame(img.width, img.height, "yuv420p")
-    for src, dst in zip(img.planes, out.planes):
-        rows = np.frombuffer(src, np.uint8).reshape(-1, src.line_size)[: dst.height, : dst.width]
-        buf = np.zeros((dst.height, dst.line_size), np.uint8)
-        buf[:, : dst.width] = rows
-        dst.update(buf)
-    return out
 
 
 def transcode(data: bytes, short_side: int = 0, fps: float | None = None, keyint: int = 8,
