@@ -36,6 +36,15 @@ def make_video(seed: int, t: int = 24, h: int = 48, w: int = 64, fps: float = 8.
 
 def encode_container(frames: np.ndarray, fmt: str, codec: str, fps: int = 8) -> bytes:
     """Encode ``frames`` into another container (avi/matroska/webm) for third-party shards."""
+    import sys
+
+    if codec.startswith("libvpx") and "decord" in sys.modules:
+        # once decord (which bundles its own libvpx) is loaded, PyAV's libvpx encoder fails with
+        # "ABI version mismatch": encode in a fresh interpreter
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(1) as pool:
+            return pool.apply(encode_container, (frames, fmt, codec, fps))
     import av
 
     buf = io.BytesIO()

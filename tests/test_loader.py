@@ -215,3 +215,12 @@ def test_preview_command_writes_png(shards6, tmp_path):
     img = matplotlib.image.imread(out)
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > img.shape[0]  # 3 rows x 4 frames
     assert main(["preview", "--shards", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+def test_third_party_members_after_decord_is_loaded():
+    """webm fixtures still encode once decord (bundling its own libvpx) is in the process."""
+    import decord  # noqa: F401
+
+    frames = make_frames(3)
+    data = encode_container(frames, "webm", "libvpx")
+    assert data[:4] == b"\x1a\x45\xdf\xa3"  # EBML magic: a real webm
