@@ -33,6 +33,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from pretrain.fsutil import fsync_path, write_text_atomic
+
 MARKER = "COMPLETE.json"
 POINTER = "latest"
 _NAME = re.compile(r"^step_(\d{8})$")
@@ -89,29 +91,11 @@ def preserved_rng():
 # ---- durability helpers ------------------------------------------------------------------
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for dirpath, _, files in os.walk(root):
         for f in files:
-            _fsync_path(Path(dirpath) / f)
-        _fsync_path(Path(dirpath))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
+            fsync_path(Path(dirpath) / f)
+        fsync_path(Path(dirpath))
 
 
 def _file_sizes(root: Path) -> dict[str, int]:
@@ -212,12 +196,12 @@ def save_checkpoint(runtime, run_dir: str | Path, step: int, trainer_state: dict
                 json.dump(marker, f, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
-            _fsync_path(tmp)
+            fsync_path(tmp)
             if final.exists():  # a leftover from a run started over with run.resume=false
                 _trash(final)
             os.rename(tmp, final)
-            _fsync_path(root)
-            _write_text_atomic(root / POINTER, final.name + "\n")
+            fsync_path(root)
+            write_text_atomic(root / POINTER, final.name + "\n")
         except Exception as e:  # noqa: BLE001
             error = e
     failed = runtime.any(error is not None) if not failed else True
@@ -239,7 +223,7 @@ def _trash(path: Path) -> None:
     trash = path.with_name(f".trash-{path.name}")
     shutil.rmtree(trash, ignore_errors=True)
     os.rename(path, trash)  # atomic: the checkpoint disappears as a whole
-    _fsync_path(path.parent)
+    fsync_path(path.parent)
     shutil.rmtree(trash, ignore_errors=True)
 
 

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.data.isolate import IsolatedPool
-from pretrain.data.shards import VIDEO_EXTS, ShardSink, _atomic_write_text, sample_meta
+from pretrain.data.shards import VIDEO_EXTS, ShardSink, sample_meta
+from pretrain.fsutil import write_text_atomic
 from pretrain.data.transcode import process_item
 
 FOLDER_EXTS = VIDEO_EXTS + ("m4v", "mpg", "mpeg", "flv", "3gp", "ts", "wmv")
@@ -251,13 +252,13 @@ class _JournaledSink(ShardSink):
         shards = [{k: s[k] for k in ("name", "num_samples", "sha256", "bytes")} for s in self.journal.shards]
         manifest = {"format": "tubelet-shards/1", "num_samples": sum(s["num_samples"] for s in shards),
                     "shards": shards, **self.extra}
-        _atomic_write_text(self.out_dir / "manifest.json", json.dumps(manifest, indent=1))
+        write_text_atomic(self.out_dir / "manifest.json", json.dumps(manifest, indent=1))
         return manifest
 
     def close(self) -> dict[str, Any]:
         self._finish_shard()
         if self.classes is not None:
-            _atomic_write_text(self.out_dir / "classes.json", json.dumps(list(self.classes), indent=1))
+            write_text_atomic(self.out_dir / "classes.json", json.dumps(list(self.classes), indent=1))
         return self.write_manifest()
 
 
@@ -279,7 +280,7 @@ def _write_rejected(out: Path, journal: Journal) -> None:
     w.writerow(["path", "reason"])
     for rec in journal.rejected.values():
         w.writerow([rec["path"], rec["reason"]])
-    _atomic_write_text(out / "rejected.csv", buf.getvalue())
+    write_text_atomic(out / "rejected.csv", buf.getvalue())
 
 
 def shard_videos(input_path: str | Path, out: str | Path, *, root: str | Path | None = None,

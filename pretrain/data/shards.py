@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import webdataset as wds
+
+from pretrain.fsutil import write_text_atomic
 
 SHARD_PATTERN = "shard-%06d.tar"
 VIDEO_EXTS = ("mp4", "avi", "webm", "mkv", "mov")
@@ -30,15 +31,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
                 break
             h.update(b)
     return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def sample_meta(label: int | None, label_name: str | None, fps: float, num_frames: int,
@@ -107,9 +99,9 @@ class ShardSink:
         self._finish_shard()
         manifest = {"format": "tubelet-shards/1", "num_samples": sum(s["num_samples"] for s in self._done),
                     "shards": self._done, **self.extra}
-        _atomic_write_text(self.out_dir / "manifest.json", json.dumps(manifest, indent=1))
+        write_text_atomic(self.out_dir / "manifest.json", json.dumps(manifest, indent=1))
         if self.classes is not None:
-            _atomic_write_text(self.out_dir / "classes.json", json.dumps(list(self.classes), indent=1))
+            write_text_atomic(self.out_dir / "classes.json", json.dumps(list(self.classes), indent=1))
         return manifest
 
     def __enter__(self) -> "ShardSink":
