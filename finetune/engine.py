@@ -287,7 +287,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         export = {"format": CLASSIFIER_FORMAT, "spec": spec, "num_classes": num_classes, "classes": classes,
                   "model": cfg.model.name, "init": how}
         trainer = Trainer(rt, make_step_fn(cfg, num_classes, rt.device), make_loader, optim=cfg.optim, run=cfg.run,
-                          config=cfg, export=export, callbacks=callbacks)
+                          config=cfg, export=export, callbacks=callbacks,
+                          desc=f"finetune {cfg.model.name}")
         history = trainer.fit()
         results = {"name": Path(cfg.run.dir).name, "model": cfg.model.name,
                    "init": "scratch" if how == "scratch" else "pretrained", "init_from": cfg.init or None,

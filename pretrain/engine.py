@@ -146,7 +146,7 @@ def pretrain(cfg: PretrainConfig) -> list[dict]:
 
         trainer = Trainer(rt, make_step_fn(cfg, rt.device), make_loader, optim=cfg.optim, run=cfg.run, config=cfg,
                           export={"model": cfg.model.name, "model_kwargs": model_kwargs(cfg)},
-                          callbacks=[make_recon_callback(cfg)])
+                          callbacks=[make_recon_callback(cfg)], desc="pretrain")
         return trainer.fit()
     finally:
         rt.close()

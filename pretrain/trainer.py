@@ -95,8 +95,9 @@ class Trainer:
 
     def __init__(self, runtime, step_fn: StepFn, make_loader: Callable[[Optional[dict]], Iterable],
                  optim, run, config=None, export: Optional[dict] = None,
-                 callbacks: Iterable[Callable] = ()):
+                 callbacks: Iterable[Callable] = (), desc: str = "train"):
         self.runtime, self.step_fn, self.make_loader = runtime, step_fn, make_loader
+        self.desc = desc  # progress-bar label
         self.optim, self.run, self.config = optim, run, config
         self.export, self.callbacks = export, list(callbacks)
         self.run_dir = Path(run.dir)
@@ -188,7 +189,7 @@ class Trainer:
         if rt.is_main and run.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=run.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
+            bar = tqdm(total=run.max_steps, initial=self.step, desc=self.desc, dynamic_ncols=True)
         rt.model.train()
         try:
             while self.step < run.max_steps:
