@@ -82,7 +82,7 @@ PRESETS = {
                               "early_fusion", "cnn3d", "c3d", "two_stream", "recurrent_conv", "nonlocal_3d",
                               "timesformer", "vivit"],
                    seeds=[0, 1, 2], repeated_models=["c3d"], pretrain_batch=16, num_repeats=4, workers=1,
-                   est_seconds={"synth": 60, "pretrain": 900, "finetune": 100, "baseline": 110, "compare": 3,
+                   est_seconds={"synth": 40, "pretrain": 420, "finetune": 72, "baseline": 120, "compare": 3,
                                 "export": 20}),
 }
 
