@@ -33,6 +33,7 @@ def _encoders():
         "vit_divided_cls_layerscale_3d": lambda: tiny_vit(attn_type="divided", class_token=True, init_values=0.1,
                                                           pos_embed_type="sincos_3d", use_mean_pooling=False),
         "mvit": lambda: randomize(create_model("mvitv2_test", num_frames=4, img_size=32)),
+        "vit_rgb_diff": lambda: tiny_vit(input_mode="rgb_diff"),
     }
 
 
@@ -137,7 +138,8 @@ def test_onnx_parity_dynamic_batch(tmp_path, capsys):
     assert tokens.shape == (5, 32, 64) and feats.shape == (5, 64) and diff <= 1e-4
 
 
-@pytest.mark.parametrize("which", [pytest.param("mvit", marks=pytest.mark.slow), "vit_divided_cls_layerscale_3d"])
+@pytest.mark.parametrize("which", [pytest.param("mvit", marks=pytest.mark.slow), "vit_divided_cls_layerscale_3d",
+                                   "vit_rgb_diff"])
 def test_onnx_parity_other_encoders(which, tmp_path):
     rep = export_onnx(_encoders()[which](), tmp_path / "e.onnx", batch_sizes=(2, 1))
     assert set(rep["max_abs_diff"]) == {2, 1} and max(rep["max_abs_diff"].values()) <= 1e-4
@@ -153,6 +155,7 @@ def test_onnx_check_fails_loudly(tmp_path):
     (dict(use_mean_pooling=False), "class token"),
     (dict(init_values=0.1), "LayerScale"),
     (dict(pos_embed_type="sincos_3d"), "sincos_3d"),
+    (dict(input_mode="rgb_diff"), "input_mode='rgb_diff'"),
 ])
 def test_hf_refuses_what_it_cannot_express(kw, why, tmp_path, capsys):
     save_encoder(tiny_vit(**kw), tmp_path / "e")

@@ -417,3 +417,46 @@ def test_models_train_under_deepspeed_zero3(tmp_path):
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "videomae_test ok" in out.stdout and "maskfeat_mvitv2_test ok" in out.stdout
+
+
+def test_rgb_diff_input_sees_motion_not_colour():
+    from pretrain.models.vit import RGB_DIFF_SCALE, rgb_difference
+
+    x = _video(b=1, t=4)
+    d = rgb_difference(x)
+    assert d.shape == x.shape
+    assert torch.allclose(d[:, :, 0], RGB_DIFF_SCALE * (x[:, :, 1] - x[:, :, 0]))
+    assert torch.equal(d[:, :, -1], d[:, :, -2])       # last difference repeated: T (and the grid) kept
+    enc = create_model("vit_test", input_mode="rgb_diff", **_small("vit_test")).eval()
+    # two static clips of different colours are the same input to an rgb_diff encoder...
+    a = torch.full((1, 3, 4, 32, 32), -1.0)
+    b = torch.full((1, 3, 4, 32, 32), 2.0)
+    with torch.no_grad():
+        assert torch.allclose(enc(a), enc(b), atol=1e-6)
+        # ...but not to an rgb one with the same weights, and motion changes the features
+        rgb = create_model("vit_test", **_small("vit_test")).eval()
+        rgb.load_state_dict(enc.state_dict())
+        assert not torch.allclose(rgb(a), rgb(b), atol=1e-3)
+        moving = a.clone()
+        moving[:, :, 2:, 8:16, 8:16] = 2.0
+        assert not torch.allclose(enc(moving), enc(a), atol=1e-3)
+    assert enc.model_config["input_mode"] == "rgb_diff"
+    with pytest.raises(ValueError, match="input_mode"):
+        create_model("vit_test", input_mode="flow", **_small("vit_test"))
+
+
+def test_mae_with_rgb_diff_reconstructs_the_differences():
+    from pretrain.models.tubelets import gather_tubelets
+    from pretrain.models.vit import rgb_difference
+
+    mae = create_model("videomae_test", input_mode="rgb_diff", norm_pix_loss=False, **_small("videomae_test"))
+    x = _video(b=2, t=4)
+    g = torch.Generator().manual_seed(0)
+    loss, aux = mae(x, generator=g)
+    want = gather_tubelets(rgb_difference(x), aux["ids_pred"], mae.tubelet, layout="cthw")
+    assert torch.equal(aux["target"], want)
+    assert torch.allclose(loss, F.mse_loss(aux["pred"], want), atol=1e-6)
+    loss.backward()
+    assert mae.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    rec = mae.reconstruct(x, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(rec["original"], rgb_difference(x))

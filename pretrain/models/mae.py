@@ -155,7 +155,7 @@ class MaskedAutoencoder(nn.Module):
     def target(self, video: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Reconstruction targets ``(B, n, P)`` for tubelets ``ids: (B, n)`` (normalised when ``norm_pix_loss``)."""
         with torch.no_grad():
-            patches = gather_tubelets(video, ids, self.tubelet, layout="cthw")
+            patches = gather_tubelets(self.encoder.prepare_input(video), ids, self.tubelet, layout="cthw")
             return normalize_tubelets(patches, self.in_chans)[0] if self.norm_pix_loss else patches
 
     def forward_loss(self, video: torch.Tensor, pred: torch.Tensor, ids_pred: torch.Tensor) -> tuple:
@@ -184,13 +184,15 @@ class MaskedAutoencoder(nn.Module):
 
         ``original``: the input; ``masked``: hidden tubelets set to 0 (the dataset mean, grey);
         ``recon``: every hidden tubelet predicted (per-tubelet normalisation undone with that
-        tubelet's true mean/std) pasted over the visible input. Also ``mask (B, N)``.
+        tubelet's true mean/std) pasted over the visible input. Also ``mask (B, N)``. With an
+        ``rgb_diff`` encoder all three show the frame differences (what the model reconstructs).
         """
         grid = tubelet_grid(video.shape, self.tubelet, "MaskedAutoencoder.reconstruct input")
         if masks is None:
             masks = make_mask(self.mask_type, video.shape[0], grid, self.mask_ratio, generator, video.device)
         latent = self.forward_encoder(video, masks.ids_keep)
         pred = self.forward_decoder(latent, masks.ids_keep, masks.ids_masked, grid).float()
+        video = self.encoder.prepare_input(video)                            # what is reconstructed
         patches = patchify(video.float(), self.tubelet, "cthw")               # (B, N, P)
         idx = masks.ids_masked.unsqueeze(-1).expand(-1, -1, patches.shape[-1])
         if self.norm_pix_loss:

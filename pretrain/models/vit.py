@@ -1,6 +1,7 @@
 """VideoViT: a plain ViT over tubelet tokens (VideoMAE's encoder).
 
-Tubelet embedding (Conv3d, default 2x16x16) -> fixed sine-cosine position embedding ->
+Input (the frames, or their differences with ``input_mode="rgb_diff"``) -> tubelet embedding
+(Conv3d, default 2x16x16) -> fixed sine-cosine position embedding ->
 transformer blocks (timm ``Block`` with fused scaled-dot-product attention, or divided
 space-time blocks) -> norm -> pooling head.
 
@@ -32,6 +33,18 @@ from .registry import register_model
 from .tubelets import PatchEmbed3d, tubelet_grid
 
 ATTN_TYPES = ("joint", "divided")
+INPUT_MODES = ("rgb", "rgb_diff")
+RGB_DIFF_SCALE = 4.0
+"""``rgb_diff`` multiplies the frame differences by this: a moving edge then has about the
+magnitude of a normalised pixel, while static regions are 0."""
+
+
+def rgb_difference(x: torch.Tensor) -> torch.Tensor:
+    """TSN's "RGB difference" input: ``x: (B, C, T, H, W)`` -> ``RGB_DIFF_SCALE * (x[t+1] - x[t])``
+    for ``t < T-1``, the last difference repeated once so the clip keeps ``T`` frames (and its
+    tubelet grid). A static clip maps to zeros whatever its colours."""
+    d = x[:, :, 1:] - x[:, :, :-1]
+    return torch.cat([d, d[:, :, -1:]], dim=2) * RGB_DIFF_SCALE
 
 
 def _pair(x: Union[int, Sequence[int]]) -> tuple:
@@ -64,7 +77,8 @@ class VideoViT(nn.Module):
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, init_values: Optional[float] = None, use_mean_pooling: bool = True,
                  fc_norm: Optional[bool] = None, class_token: Optional[bool] = None, attn_type: str = "joint",
-                 pos_embed_type: str = "sincos_1d", grad_checkpointing: bool = False, norm_eps: float = 1e-6):
+                 pos_embed_type: str = "sincos_1d", grad_checkpointing: bool = False, norm_eps: float = 1e-6,
+                 input_mode: str = "rgb"):
         super().__init__()
         self.model_config = dict(
             img_size=list(_pair(img_size)), patch_size=int(patch_size), num_frames=int(num_frames),
@@ -75,7 +89,11 @@ class VideoViT(nn.Module):
             init_values=None if init_values is None else float(init_values),
             use_mean_pooling=bool(use_mean_pooling), fc_norm=fc_norm, class_token=class_token,
             attn_type=attn_type, pos_embed_type=pos_embed_type, grad_checkpointing=bool(grad_checkpointing),
-            norm_eps=float(norm_eps))
+            norm_eps=float(norm_eps), input_mode=str(input_mode))
+        if input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
+        if input_mode == "rgb_diff" and num_frames < 2:
+            raise ValueError("input_mode='rgb_diff' needs num_frames >= 2")
         if attn_type not in ATTN_TYPES:
             raise ValueError(f"attn_type must be one of {ATTN_TYPES}, got {attn_type!r}")
         if pos_embed_type not in POS_EMBED_TYPES:
@@ -89,6 +107,7 @@ class VideoViT(nn.Module):
         self.embed_dim = self.num_features = embed_dim
         self.num_classes = num_classes
         self.attn_type = attn_type
+        self.input_mode = input_mode
         self.pos_embed_type = pos_embed_type
         self.grad_checkpointing = grad_checkpointing
         self.global_pool = "avg" if use_mean_pooling else "token"
@@ -147,6 +166,11 @@ class VideoViT(nn.Module):
             init_vit_weights(self.head)
 
     # -- forward ----------------------------------------------------------------------------
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The representation the tubelet embedding sees: ``x`` itself (``rgb``) or
+        :func:`rgb_difference` (``rgb_diff``). A masked autoencoder reconstructs this, too."""
+        return rgb_difference(x) if self.input_mode == "rgb_diff" else x
+
     def pos_embed_for(self, grid: Sequence[int]) -> torch.Tensor:
         """Position table ``(1, T'H'W', D)`` for a token grid (resampled if not the native one)."""
         return pos_embed_for_grid(self.pos_embed, self.pos_embed_type, self.grid_size, grid)
@@ -171,6 +195,7 @@ class VideoViT(nn.Module):
         """
         grid = tubelet_grid(x.shape, self.tubelet, "VideoViT input")
         pos = self.pos_embed_for(grid)
+        x = self.prepare_input(x)
         if ids_keep is None:
             x = self.patch_embed(x) + pos
         else:
