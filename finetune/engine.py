@@ -290,7 +290,10 @@ def finetune(cfg: FinetuneConfig) -> dict:
                           config=cfg, export=export, callbacks=callbacks,
                           desc=f"finetune {cfg.model.name}")
         history = trainer.fit()
-        results = {"name": Path(cfg.run.dir).name, "model": cfg.model.name,
+        enc = getattr(model, "encoder", model)
+        mode = (getattr(enc, "model_config", None) or {}).get("input_mode", "rgb")
+        label = cfg.model.name if mode == "rgb" else f"{cfg.model.name} ({mode})"   # kept apart in compare
+        results = {"name": Path(cfg.run.dir).name, "model": label,
                    "init": "scratch" if how == "scratch" else "pretrained", "init_from": cfg.init or None,
                    "head": "baseline" if baseline else cfg.head.kind, "params": params, "gflops_per_clip": gflops,
                    "labels_per_class": _labels_per_class(cfg.data.shards, num_classes), "seed": cfg.run.seed,

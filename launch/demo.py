@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 CHANCE = 0.1  # 10 classes
@@ -54,6 +54,7 @@ class Preset:
     workers: int = 1
     est_seconds: dict = field(default_factory=dict)
     pretrain_overrides: list[str] = field(default_factory=list)  # extra `tubelet pretrain` overrides
+    vit_tag: str = "vit"                                          # run names: {vit_tag}_{pretrained,scratch}_...
 
 
 PRESETS = {
@@ -85,6 +86,10 @@ PRESETS = {
                    est_seconds={"synth": 40, "pretrain": 420, "finetune": 72, "baseline": 120, "compare": 3,
                                 "export": 20}),
 }
+# the same comparison with the ViTs on frame differences (``input_mode: rgb_diff``, TSN's RGB
+# difference): only the two ViTs, the baselines do not change (take them from a `full` run)
+PRESETS["full_rgbdiff"] = replace(PRESETS["full"], encoder_kw=PRESETS["full"].encoder_kw + ", input_mode: rgb_diff",
+                                  baselines=[], repeated_models=[], vit_tag="vitdiff")
 
 
 @dataclass
@@ -126,13 +131,13 @@ def plan(p: Preset, out: Path) -> list[Stage]:
         for seed in p.seeds:
             tag = f"l{lpc}_s{seed}"
             common = _data_overrides(p, train, test) + [f"run.seed={seed}", "run.progress=false"]
-            stages.append(Stage(f"vit_pretrained_{tag}", "finetune", [
+            stages.append(Stage(f"{p.vit_tag}_pretrained_{tag}", "finetune", [
                 "finetune", "--config", "configs/finetune/synth_vit.yaml", "--init", str(pt),
-                f"model.name={p.encoder}", f"run.dir={out / 'ft' / f'vit_pretrained_{tag}'}",
+                f"model.name={p.encoder}", f"run.dir={out / 'ft' / f'{p.vit_tag}_pretrained_{tag}'}",
                 f"run.max_steps={p.finetune_steps}", *common]))
-            stages.append(Stage(f"vit_scratch_{tag}", "finetune", [
+            stages.append(Stage(f"{p.vit_tag}_scratch_{tag}", "finetune", [
                 "finetune", "--config", "configs/finetune/synth_vit.yaml", f"model.name={p.encoder}", f"model.kwargs={{{p.encoder_kw}, fc_norm: false}}",
-                f"run.dir={out / 'ft' / f'vit_scratch_{tag}'}", f"run.max_steps={p.finetune_steps}", *common]))
+                f"run.dir={out / 'ft' / f'{p.vit_tag}_scratch_{tag}'}", f"run.max_steps={p.finetune_steps}", *common]))
             names = p.baselines if (lpc == max(p.videos_per_class) and seed == p.seeds[0]) else p.repeated_models
             for name in names:
                 stages.append(Stage(f"{name}_{tag}", "baseline", [
@@ -196,7 +201,7 @@ def check_claims(out: Path, p: Preset) -> list[tuple[str, bool, str]]:
     claims.append(("reconstruction pictures written", bool(pngs), ", ".join(x.name for x in pngs) or "none"))
     if len(p.videos_per_class) > 1 or len(p.seeds) > 1:
         claims += headline_claim(out, p)
-    pt, sc = top1("vit_pretrained"), top1("vit_scratch")
+    pt, sc = top1(f"{p.vit_tag}_pretrained"), top1(f"{p.vit_tag}_scratch")
     if pt is not None and sc is not None:
         claims.append(("pretrained ViT vs scratch ViT (informative)", pt >= sc,
                        f"{100 * pt:.1f}% vs {100 * sc:.1f}%"))
@@ -208,18 +213,19 @@ def headline_claim(out: Path, p: Preset) -> list[tuple[str, bool, str]]:
     claims = []
     for lpc in p.videos_per_class:
         means = {}
-        for name in ("vit_pretrained", "vit_scratch", "c3d"):
+        names = {"pt": f"{p.vit_tag}_pretrained", "sc": f"{p.vit_tag}_scratch", "c3d": "c3d"}
+        for key, name in names.items():
             vals = [r["top1"] for s in p.seeds if (r := _result(out, f"{name}_l{lpc}_s{s}")) and r.get("top1") is not None]
             if vals:
-                means[name] = (sum(vals) / len(vals), len(vals))
-        if not {"vit_pretrained", "vit_scratch"} <= set(means):
+                means[key] = (sum(vals) / len(vals), len(vals))
+        if not {"pt", "sc"} <= set(means):
             continue
-        pt, sc = means["vit_pretrained"][0], means["vit_scratch"][0]
+        pt, sc = means["pt"][0], means["sc"][0]
         c3d = means.get("c3d", (None, 0))[0]
         ok = pt >= sc + 0.15 and (c3d is None or pt >= c3d)
         measured = (f"pretrained {100 * pt:.1f}% vs scratch {100 * sc:.1f}%"
                     + (f" vs C3D {100 * c3d:.1f}%" if c3d is not None else "")
-                    + f" (mean of {means['vit_pretrained'][1]} seeds)")
+                    + f" (mean of {means['pt'][1]} seeds)")
         claims.append((f"{lpc} labels/class: pretrained ViT >= scratch + 15 points and >= C3D", ok, measured))
     return claims
 
