@@ -288,7 +288,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                   "model": cfg.model.name, "init": how}
         trainer = Trainer(rt, make_step_fn(cfg, num_classes, rt.device), make_loader, optim=cfg.optim, run=cfg.run,
                           config=cfg, export=export, callbacks=callbacks,
-                          desc=f"finetune {cfg.model.name}")
+                          desc=f"finetune {cfg.model.name}", clips_per_video=cfg.data.num_repeats)
         history = trainer.fit()
         enc = getattr(model, "encoder", model)
         mode = (getattr(enc, "model_config", None) or {}).get("input_mode", "rgb")

@@ -146,7 +146,8 @@ def pretrain(cfg: PretrainConfig) -> list[dict]:
 
         trainer = Trainer(rt, make_step_fn(cfg, rt.device), make_loader, optim=cfg.optim, run=cfg.run, config=cfg,
                           export={"model": cfg.model.name, "model_kwargs": model_kwargs(cfg)},
-                          callbacks=[make_recon_callback(cfg)], desc="pretrain")
+                          callbacks=[make_recon_callback(cfg)], desc="pretrain",
+                          clips_per_video=cfg.data.num_repeats)
         return trainer.fit()
     finally:
         rt.close()

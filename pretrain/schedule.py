@@ -13,14 +13,29 @@ import math
 from typing import Optional
 
 
-def scaled_lr(blr: float, lr: Optional[float], total_batch: int) -> float:
-    """The linear scaling rule: ``blr * total_batch / 256`` unless an absolute ``lr`` is given.
+def scaled_lr(blr: float, lr: Optional[float], total_batch: int, clips_per_video: int = 1) -> float:
+    """The linear scaling rule: ``blr * videos / 256`` unless an absolute ``lr`` is given.
 
-    ``total_batch`` = micro batch x gradient accumulation x world size (clips per optimizer step).
+    ``total_batch`` = micro batch x gradient accumulation x world size (clips per optimizer step);
+    with repeated sampling every decoded video gives ``clips_per_video`` clips, and VideoMAE
+    (``run_class_finetuning.py``, VideoMAE V2's ``num_sample``) scales by *videos* per step:
+    ``videos = total_batch / clips_per_video``.
     """
     if total_batch < 1:
         raise ValueError(f"total_batch must be >= 1, got {total_batch}")
-    return float(lr) if lr is not None else blr * total_batch / 256.0
+    if clips_per_video < 1:
+        raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
+    return float(lr) if lr is not None else blr * (total_batch / clips_per_video) / 256.0
+
+
+def lr_rule(blr: float, lr: Optional[float], total_batch: int, clips_per_video: int = 1) -> str:
+    """The LR rule in words, as printed at the start of a run."""
+    base = scaled_lr(blr, lr, total_batch, clips_per_video)
+    if lr is not None:
+        return f"lr {base:.4g} (absolute optim.lr)"
+    videos = total_batch / clips_per_video
+    vids = f"{videos:g} videos" + (f" ({total_batch} clips / {clips_per_video} repeats)" if clips_per_video > 1 else "")
+    return f"lr {base:.4g} = blr {blr:g} x {vids} / 256"
 
 
 def lr_at(step: int, base_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:

@@ -69,7 +69,7 @@ import torch
 from pretrain.checkpoint import (capture_rng, find_latest, list_checkpoints, load_checkpoint, preserved_rng,
                                  read_pointer, restore_rng, save_checkpoint)
 from pretrain.config import ConfigError, save_config, to_dict
-from pretrain.schedule import lr_at, scaled_lr
+from pretrain.schedule import lr_at, lr_rule, scaled_lr
 
 StepFn = Callable[[torch.nn.Module, dict], tuple]
 
@@ -95,13 +95,14 @@ class Trainer:
 
     def __init__(self, runtime, step_fn: StepFn, make_loader: Callable[[Optional[dict]], Iterable],
                  optim, run, config=None, export: Optional[dict] = None,
-                 callbacks: Iterable[Callable] = (), desc: str = "train"):
+                 callbacks: Iterable[Callable] = (), desc: str = "train", clips_per_video: int = 1):
         self.runtime, self.step_fn, self.make_loader = runtime, step_fn, make_loader
         self.desc = desc  # progress-bar label
         self.optim, self.run, self.config = optim, run, config
         self.export, self.callbacks = export, list(callbacks)
         self.run_dir = Path(run.dir)
-        self.base_lr = scaled_lr(optim.blr, optim.lr, runtime.total_batch)
+        self.clips_per_video = int(clips_per_video)   # repeated sampling: the LR rule counts videos
+        self.base_lr = scaled_lr(optim.blr, optim.lr, runtime.total_batch, self.clips_per_video)
         self.step = 0
         self.is_last = False
         self.history: list[dict] = []
@@ -166,8 +167,7 @@ class Trainer:
 
     def _banner(self) -> None:
         rt, o = self.runtime, self.optim
-        how = (f"lr {self.base_lr:.4g} (absolute optim.lr)" if o.lr is not None else
-               f"lr {self.base_lr:.4g} = blr {o.blr:g} x {rt.total_batch}/256")
+        how = lr_rule(o.blr, o.lr, rt.total_batch, self.clips_per_video)
         self._log(f"{rt.describe()}")
         self._log(f"effective batch {rt.total_batch} = {rt.micro_batch} per process x {rt.grad_accum} accumulation "
                   f"x {rt.world_size} process(es); {how}; {self.run.max_steps} steps, warmup {o.warmup_steps}, "

@@ -47,6 +47,31 @@ def rgb_difference(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([d, d[:, :, -1:]], dim=2) * RGB_DIFF_SCALE
 
 
+EMBED_INITS = ("default", "temporal_diff")
+
+
+@torch.no_grad()
+def temporal_difference_init_(weight: torch.Tensor, gain: float = 4.0, share: float = 1.0) -> torch.Tensor:
+    """Make the first ``share`` of the output channels of a tubelet embedding ``(D, C, kt, kh, kw)``
+    temporal-difference filters: ``w[:, :, t] = (-1)^(t+1) w[:, :, 0]`` (for ``kt = 2``:
+    ``w[:, :, 1] = -w[:, :, 0]``, so a static tubelet embeds to 0 and a moving edge does not),
+    then scale them by ``gain``. Channels past the share keep their init.
+
+    This is the ``w_{t+1} - w_t`` start that lets a small video ViT learn motion from frames
+    (``benchmarks/vit_motion.py``): with a random init its tubelet embedding is dominated by the
+    frames' appearance and the model stays at chance on motion-only classes.
+    """
+    d, _, kt = weight.shape[:3]
+    n = max(1, int(round(share * d)))
+    w = weight[:n]
+    base = w[:, :, :1].clone()
+    signs = torch.tensor([(-1.0) ** (t + 1) for t in range(kt)], dtype=w.dtype, device=w.device)
+    if kt % 2:                      # odd tubelets: the last frame gets 0 so every filter sums to 0
+        signs[-1] = 0.0
+    w.copy_(base * signs.view(1, 1, kt, 1, 1) * gain)
+    return weight
+
+
 def _pair(x: Union[int, Sequence[int]]) -> tuple:
     return (int(x), int(x)) if isinstance(x, (int, float)) else tuple(int(v) for v in x)
 
@@ -78,7 +103,8 @@ class VideoViT(nn.Module):
                  drop_path_rate: float = 0.0, init_values: Optional[float] = None, use_mean_pooling: bool = True,
                  fc_norm: Optional[bool] = None, class_token: Optional[bool] = None, attn_type: str = "joint",
                  pos_embed_type: str = "sincos_1d", grad_checkpointing: bool = False, norm_eps: float = 1e-6,
-                 input_mode: str = "rgb"):
+                 input_mode: str = "rgb", embed_init: str = "default", embed_init_gain: float = 4.0,
+                 embed_init_share: float = 1.0):
         super().__init__()
         self.model_config = dict(
             img_size=list(_pair(img_size)), patch_size=int(patch_size), num_frames=int(num_frames),
@@ -89,7 +115,14 @@ class VideoViT(nn.Module):
             init_values=None if init_values is None else float(init_values),
             use_mean_pooling=bool(use_mean_pooling), fc_norm=fc_norm, class_token=class_token,
             attn_type=attn_type, pos_embed_type=pos_embed_type, grad_checkpointing=bool(grad_checkpointing),
-            norm_eps=float(norm_eps), input_mode=str(input_mode))
+            norm_eps=float(norm_eps), input_mode=str(input_mode), embed_init=str(embed_init),
+            embed_init_gain=float(embed_init_gain), embed_init_share=float(embed_init_share))
+        if embed_init not in EMBED_INITS:
+            raise ValueError(f"embed_init must be one of {EMBED_INITS}, got {embed_init!r}")
+        if embed_init == "temporal_diff" and tubelet_size < 2:
+            raise ValueError("embed_init='temporal_diff' needs tubelet_size >= 2 (a difference across the tubelet's frames)")
+        if not 0.0 < embed_init_share <= 1.0:
+            raise ValueError(f"embed_init_share must be in (0, 1], got {embed_init_share}")
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
         if input_mode == "rgb_diff" and num_frames < 2:
@@ -138,6 +171,8 @@ class VideoViT(nn.Module):
         self.apply(init_vit_weights)
         if self.cls_token is not None:
             trunc_normal_(self.cls_token, std=0.02)
+        if embed_init == "temporal_diff":
+            temporal_difference_init_(self.patch_embed.proj.weight, embed_init_gain, embed_init_share)
 
     # -- timm conventions -------------------------------------------------------------------
     @torch.jit.ignore
