@@ -124,7 +124,7 @@ def main() -> int:
     video = torch.randn(args.batch, 3, args.frames, args.img, args.img, device=dev)
     grid = ours.encoder.grid_size
     gen = torch.Generator().manual_seed(1)
-    masks, _ = ours.sample_masks(args.batch, grid, dev, gen)    # one fixed mask for both models
+    masks = ours.sample_masks(args.batch, grid, dev, gen)[0]    # one fixed mask for both models
     runners = [Runner("ours", ours, lambda m: m(video, masks=masks)[0], dev, args.dtype),
                Runner("ours dec-mask 0.5", ours_dm, lambda m: m(video, masks=masks)[0], dev, args.dtype)]
     if not args.no_peer:

@@ -32,6 +32,8 @@ __all__ = [
     "running_cell_pattern",
     "running_cell_masking",
     "select_decoder_targets",
+    "decoder_targets",
+    "DECODER_MASK_MODES",
     "num_masked",
 ]
 
@@ -118,12 +120,16 @@ def make_mask(mask_type: str, batch: int, grid: Sequence[int], ratio: float,
 def running_cell_pattern(grid: Sequence[int], ratio: float = 0.5, phase: int = 0) -> torch.Tensor:
     """VideoMAE V2 running-cell pattern ``(T', H', W')`` bool, ``True`` = not decoded.
 
-    Each 2x2 cell holds a queue of ``round(4 * ratio)`` hidden and the rest decoded slots; the
-    queue advances one slot per time step, so over any 4 consecutive steps every spatial position
-    is decoded at least once. ``phase`` (0..3) picks the starting offset. Odd grids crop the tiling.
+    Each 2x2 cell holds a queue of ``int(4 * ratio)`` hidden and the rest decoded slots (V2's
+    ``RunningCellMaskingGenerator`` rounding: 0.4 hides 1 of 4, not 2); the queue advances one
+    slot per time step, so over any 4 consecutive steps every spatial position is decoded at least
+    once. ``phase`` (0..3) picks the starting offset. Odd grids crop the tiling.
     """
     t, h, w = _check(grid, ratio, "running_cell_pattern")
-    n_hide = min(3, max(1, round(4 * ratio)))
+    n_hide = int(4 * ratio)
+    if not 1 <= n_hide <= 3:
+        raise ValueError(f"running cell: decoder mask ratio {ratio} hides int(4 x {ratio}) = {n_hide} of the 4 slots "
+                         "of a 2x2 cell; use a ratio in [0.25, 1)")
     queue = torch.zeros(4, dtype=torch.bool)
     queue[:n_hide] = True
     steps = torch.arange(t).view(t, 1) + 1 + phase           # V2 advances before the first frame
@@ -165,3 +171,43 @@ def select_decoder_targets(masks: MaskIndices, grid: Sequence[int], ratio: float
     pick = score.topk(n_dec, dim=1, sorted=False).indices
     ids, _ = masks.ids_masked.gather(1, pick).sort(dim=1)
     return ids
+
+
+DECODER_MASK_MODES = ("v2", "hidden")
+
+
+def decoder_targets(masks: MaskIndices, grid: Sequence[int], ratio: float, mode: str = "v2",
+                    generator: Optional[torch.Generator] = None) -> tuple:
+    """Positions the decoder predicts and which of them count in the loss: ``(ids_pred, loss_mask)``.
+
+    ``ids_pred: (B, N_dec)`` ascending token ids, ``loss_mask: (B, N_dec)`` bool (True = in the loss).
+
+    - ``ratio == 0``: every hidden token, all in the loss (VideoMAE).
+    - ``mode="v2"`` (VideoMAE V2, ``engine_for_pretraining.py``): mask tokens at *every* position
+      the running cell decodes, encoder-visible ones included; only the hidden ones count in the
+      loss (``cal_loss_mask``). 8x14x14 grid, tube 0.9, cell 0.5: 784 decoder mask tokens.
+      Odd grids make the decoded count depend on the cell phase; there each sample keeps the
+      batch's smallest count (a random subset of its decoded positions).
+    - ``mode="hidden"``: only hidden tokens, ``N_mask - int(ratio * N_mask)`` of them, following
+      the cell as far as that exact count allows (:func:`select_decoder_targets`): 704 tokens in
+      the example above, all in the loss; cheaper, not V2's objective.
+    """
+    if mode not in DECODER_MASK_MODES:
+        raise ValueError(f"decoder mask mode must be one of {DECODER_MASK_MODES}, got {mode!r}")
+    if ratio <= 0.0 or mode == "hidden":
+        ids = select_decoder_targets(masks, grid, ratio, generator=generator)
+        return ids, torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
+    if ratio >= 1.0:
+        raise ValueError(f"decoder_mask_ratio must be in [0, 1), got {ratio}")
+    device = masks.mask.device
+    decoded = ~running_cell_masking(masks.mask.shape[0], grid, ratio, generator).to(device)   # (B, N)
+    counts = decoded.sum(1)
+    n_dec = int(counts.min())
+    if n_dec < 1:
+        raise ValueError(f"decoder_mask_ratio {ratio} leaves no token to decode on grid {tuple(grid)}")
+    # decoded first, random order among them; keep n_dec per sample, then ascending ids
+    score = decoded.float() + _noise(decoded.shape, generator).to(device) * 0.5
+    if bool((counts == n_dec).all()):
+        score = decoded.float() + torch.linspace(0, 0.5, decoded.shape[1], device=device)  # no randomness needed
+    ids, _ = score.topk(n_dec, dim=1, sorted=False).indices.sort(dim=1)
+    return ids, masks.mask.gather(1, ids)

@@ -198,18 +198,75 @@ def test_attention_and_tail_match_timm_block():
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_ref, g_tail))
 
 
-def test_decoder_masking_reduces_decoder_tokens():
+@pytest.mark.parametrize("mode", ["v2", "hidden"])
+def test_decoder_masking_reduces_decoder_tokens(mode):
     seen = {}
     for r in (0.0, 0.5):
-        m = create_model("videomae_test", num_frames=8, img_size=64, patch_size=8, decoder_mask_ratio=r)
+        m = create_model("videomae_test", num_frames=8, img_size=64, patch_size=8, decoder_mask_ratio=r,
+                         decoder_mask_mode=mode)
         hook = m.decoder.blocks[0].register_forward_hook(lambda mod, inp, out: seen.__setitem__(r, inp[0].shape[1]))
         loss, aux = m(_video(t=8, s=64))
         hook.remove()
         n_vis, n_mask = aux["ids_keep"].shape[1], int(aux["mask"].sum(1)[0])
-        assert aux["ids_pred"].shape[1] == n_mask - int(r * n_mask)
+        n_all = aux["mask"].shape[1]
+        if r == 0 or mode == "hidden":
+            assert aux["ids_pred"].shape[1] == n_mask - int(r * n_mask)
+            assert aux["loss_mask"].all()
+        else:   # V2: every running-cell decoded position, the visible ones out of the loss
+            assert aux["ids_pred"].shape[1] == n_all // 2
+            assert torch.equal(aux["loss_mask"], aux["mask"].gather(1, aux["ids_pred"]))
+            assert not aux["loss_mask"].all()
         assert seen[r] == n_vis + aux["ids_pred"].shape[1]
         assert aux["target"].shape[1] == aux["ids_pred"].shape[1]
-    assert seen[0.5] < 0.6 * seen[0.0]
+    assert seen[0.5] < 0.65 * seen[0.0]
+
+
+def test_v2_decoder_token_counts_on_the_vit_b_grid():
+    """8x14x14 grid, tube 0.9, running cell 0.5: VideoMAE V2 feeds 160 visible + 784 mask tokens
+    (every cell-decoded position) and scores the hidden ones; "hidden" mode 704 mask tokens."""
+    from pretrain.masking import decoder_targets, tube_masking
+
+    grid = (8, 14, 14)
+    m = tube_masking(3, grid, 0.9, generator=torch.Generator().manual_seed(0))
+    assert m.ids_keep.shape[1] == 160
+    ids, lm = decoder_targets(m, grid, 0.5, "v2", generator=torch.Generator().manual_seed(1))
+    assert ids.shape == (3, 784) and torch.equal(lm, m.mask.gather(1, ids))
+    assert (lm.sum(1) < 784).all() and (lm.sum(1) > 600).all()
+    ids_h, lm_h = decoder_targets(m, grid, 0.5, "hidden", generator=torch.Generator().manual_seed(1))
+    assert ids_h.shape == (3, 704) and lm_h.all()
+    # V2's int() rounding: 0.4 hides int(1.6) = 1 slot of a 2x2 cell, so 3/4 of positions are decoded
+    ids4, _ = decoder_targets(m, grid, 0.4, "v2", generator=torch.Generator().manual_seed(1))
+    assert ids4.shape == (3, 1176)
+
+
+def test_v2_loss_counts_only_hidden_rows():
+    torch.manual_seed(0)
+    m = create_model("videomae_test", num_frames=8, img_size=32, patch_size=8, decoder_mask_ratio=0.5)
+    x = _video(t=8, s=32)
+    loss, aux = m(x)
+    per_row = (aux["pred"] - aux["target"]).square().mean(-1)
+    want = per_row[aux["loss_mask"]].mean()
+    assert torch.allclose(loss, want, atol=1e-6)
+
+
+def test_pretrainer_init_follows_videomae():
+    """Every Linear of encoder and decoder xavier-uniform (bound sqrt(6 / (fan_in + fan_out))),
+    zero biases; encoder_to_decoder at PyTorch's default (kaiming-uniform, bound 1/sqrt(fan_in));
+    mask_token truncated normal cut at +-0.02."""
+    torch.manual_seed(0)
+    m = create_model("videomae_base", num_frames=4, img_size=32, patch_size=16)
+    qkv = m.encoder.blocks[0].attn.qkv.weight
+    bound = math.sqrt(6 / (qkv.shape[0] + qkv.shape[1]))
+    assert qkv.abs().max() <= bound and qkv.abs().max() > 0.95 * bound
+    assert abs(qkv.std().item() - bound / math.sqrt(3)) < 0.02 * bound
+    fc2 = m.decoder.blocks[-1].mlp.fc2
+    b2 = math.sqrt(6 / sum(fc2.weight.shape))
+    assert fc2.weight.abs().max() <= b2 and torch.all(fc2.bias == 0)
+    e2d = m.encoder_to_decoder.weight
+    assert e2d.abs().max() <= 1 / math.sqrt(e2d.shape[1]) and e2d.abs().max() > 0.9 / math.sqrt(e2d.shape[1])
+    assert m.mask_token.abs().max() <= 0.02 and m.mask_token.std() > 0.008
+    old = create_model("videomae_base", num_frames=4, img_size=32, patch_size=16, init="trunc_normal")
+    assert old.encoder.blocks[0].attn.qkv.weight.std() < 0.021
 
 
 @pytest.mark.parametrize("name", ["videomae_test", "maskfeat_mvitv2_test"])

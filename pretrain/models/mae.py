@@ -10,10 +10,17 @@
 3. :meth:`MaskedAutoencoder.forward_loss`: MSE against the per-tubelet normalised pixels of
    the reconstructed tubelets, cut straight from the clip (no full patchify).
 
-Decoder masking (VideoMAE V2): with ``decoder_mask_ratio = r`` the decoder reconstructs only
-``N_mask - int(r * N_mask)`` of the hidden tubelets, chosen by a running-cell pattern
-(:func:`pretrain.masking.select_decoder_targets`); the decoder sees the visible tokens plus
-mask tokens for that subset only, which makes each step cheaper.
+Decoder masking (VideoMAE V2): with ``decoder_mask_ratio = r`` the decoder gets mask tokens only
+where a running-cell pattern decodes (``1 - int(4r)/4`` of all positions), which makes each step
+cheaper. ``decoder_mask_mode="v2"`` (default) is V2's objective: mask tokens at every decoded
+position, encoder-visible ones included, the loss over the hidden ones only;
+``"hidden"`` predicts only hidden tubelets (``N_mask - int(r * N_mask)`` of them), a little cheaper
+(:func:`pretrain.masking.decoder_targets`).
+
+Initialisation follows VideoMAE's pretrainer (``modeling_pretrain.py``): every Linear of the
+encoder and decoder (the fused qkv too) xavier-uniform with zero bias, ``encoder_to_decoder`` at
+PyTorch's default, ``mask_token`` truncated normal std 0.02 cut at +-0.02 (``init="videomae"``);
+``init="trunc_normal"`` keeps the fine-tuning ViT's truncated-normal 0.02 everywhere.
 
 Names follow VideoMAE's pretraining checkpoints: ``encoder.*``, ``encoder_to_decoder``,
 ``mask_token``, ``decoder.blocks.i.*``, ``decoder.norm``, ``decoder.head``. Decoder outputs
@@ -33,13 +40,24 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
-from ..masking import MaskIndices, make_mask, select_decoder_targets
+from ..masking import DECODER_MASK_MODES, MaskIndices, decoder_targets, make_mask
 from .attention import Attention, block_forward_tail
 from .pos_embed import build_pos_embed, pos_embed_for_grid
 from .registry import register_model
 from .tubelets import (denormalize_tubelets, gather_tubelets, normalize_tubelets, patchify, tubelet_grid,
                        unpatchify)
 from .vit import VIT_SIZES, VideoViT, init_vit_weights
+
+
+PRETRAINER_INITS = ("videomae", "trunc_normal")
+
+
+def _xavier_linears(m: nn.Module) -> None:
+    """VideoMAE pretrainer init of a Linear: xavier-uniform weight, zero bias."""
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 class MAEDecoder(nn.Module):
@@ -70,14 +88,16 @@ class MaskedAutoencoder(nn.Module):
     """VideoMAE pretrainer: ``loss, aux = mae(video)`` with ``video: (B, C, T, H, W)`` normalised.
 
     ``aux``: ``mask (B, N)`` bool (True = hidden from the encoder), ``ids_keep (B, N_vis)``,
-    ``ids_pred (B, N_pred)`` (tubelets reconstructed), ``pred`` and ``target`` ``(B, N_pred, P)``.
+    ``ids_pred (B, N_pred)`` (tubelets the decoder predicts), ``loss_mask (B, N_pred)`` (which
+    count in the loss), ``pred`` and ``target`` ``(B, N_pred, P)``.
     """
 
     can_reconstruct = True   # reconstruct() draws pixels (MaskFeat with HOG targets cannot)
 
     def __init__(self, encoder: VideoViT, decoder_embed_dim: Optional[int] = None, decoder_depth: int = 4,
                  decoder_num_heads: Optional[int] = None, decoder_mlp_ratio: float = 4.0, mask_type: str = "tube",
-                 mask_ratio: float = 0.9, decoder_mask_ratio: float = 0.0, norm_pix_loss: bool = True):
+                 mask_ratio: float = 0.9, decoder_mask_ratio: float = 0.0, norm_pix_loss: bool = True,
+                 decoder_mask_mode: str = "v2", init: str = "videomae"):
         super().__init__()
         if not isinstance(encoder.norm, nn.LayerNorm) or not isinstance(encoder.fc_norm, nn.Identity):
             raise ValueError("MaskedAutoencoder: build the encoder with fc_norm=False (its `norm` is the "
@@ -93,6 +113,10 @@ class MaskedAutoencoder(nn.Module):
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
         if not 0.0 <= decoder_mask_ratio < 1.0:
             raise ValueError(f"decoder_mask_ratio must be in [0, 1), got {decoder_mask_ratio}")
+        if decoder_mask_mode not in DECODER_MASK_MODES:
+            raise ValueError(f"decoder_mask_mode must be one of {DECODER_MASK_MODES}, got {decoder_mask_mode!r}")
+        if init not in PRETRAINER_INITS:
+            raise ValueError(f"init must be one of {PRETRAINER_INITS}, got {init!r}")
         if decoder_depth < 1:
             raise ValueError(f"decoder_depth must be >= 1, got {decoder_depth}")
         dd = decoder_embed_dim or encoder.embed_dim // 2
@@ -102,6 +126,7 @@ class MaskedAutoencoder(nn.Module):
         self.encoder = encoder
         self.mask_type, self.mask_ratio = mask_type, float(mask_ratio)
         self.decoder_mask_ratio = float(decoder_mask_ratio)
+        self.decoder_mask_mode = decoder_mask_mode
         self.norm_pix_loss = norm_pix_loss
         self.tubelet = encoder.tubelet
         self.in_chans = encoder.patch_embed.in_chans
@@ -114,9 +139,14 @@ class MaskedAutoencoder(nn.Module):
                              persistent=False)
         out = self.in_chans * self.tubelet[0] * self.tubelet[1] * self.tubelet[2]
         self.decoder = MAEDecoder(dd, decoder_depth, heads, out, decoder_mlp_ratio)
-        self.encoder_to_decoder.apply(init_vit_weights)
-        self.decoder.apply(init_vit_weights)
-        trunc_normal_(self.mask_token, std=0.02)
+        if init == "videomae":
+            for m in (encoder.blocks, self.decoder):
+                m.apply(_xavier_linears)
+            trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
+        else:
+            self.encoder_to_decoder.apply(init_vit_weights)
+            self.decoder.apply(init_vit_weights)
+            trunc_normal_(self.mask_token, std=0.02)
         self.set_grad_checkpointing(encoder.grad_checkpointing)
 
     @torch.jit.ignore
@@ -131,9 +161,15 @@ class MaskedAutoencoder(nn.Module):
     # -- masks ------------------------------------------------------------------------------
     def sample_masks(self, batch: int, grid: Sequence[int], device=None,
                      generator: Optional[torch.Generator] = None) -> tuple:
-        """``(MaskIndices, ids_pred (B, N_pred))`` for one batch: encoder mask, then decoder targets."""
+        """``(MaskIndices, ids_pred (B, N_pred), loss_mask (B, N_pred))`` for one batch: encoder
+        mask, then the decoder's positions and which of them count in the loss."""
         masks = make_mask(self.mask_type, batch, grid, self.mask_ratio, generator=generator, device=device)
-        return masks, select_decoder_targets(masks, grid, self.decoder_mask_ratio, generator=generator)
+        return (masks, *self.decoder_positions(masks, grid, generator))
+
+    def decoder_positions(self, masks: MaskIndices, grid: Sequence[int],
+                          generator: Optional[torch.Generator] = None) -> tuple:
+        """``(ids_pred, loss_mask)`` for an encoder mask (:func:`pretrain.masking.decoder_targets`)."""
+        return decoder_targets(masks, grid, self.decoder_mask_ratio, self.decoder_mask_mode, generator=generator)
 
     # -- the three steps --------------------------------------------------------------------
     def forward_encoder(self, video: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
@@ -158,23 +194,30 @@ class MaskedAutoencoder(nn.Module):
             patches = gather_tubelets(self.encoder.prepare_input(video), ids, self.tubelet, layout="cthw")
             return normalize_tubelets(patches, self.in_chans)[0] if self.norm_pix_loss else patches
 
-    def forward_loss(self, video: torch.Tensor, pred: torch.Tensor, ids_pred: torch.Tensor) -> tuple:
-        """MSE of ``pred: (B, N_pred, P)`` against the tubelets ``ids_pred``; returns ``(loss, target)``."""
+    def forward_loss(self, video: torch.Tensor, pred: torch.Tensor, ids_pred: torch.Tensor,
+                     loss_mask: Optional[torch.Tensor] = None) -> tuple:
+        """MSE of ``pred: (B, N_pred, P)`` against the tubelets ``ids_pred``, averaged over the rows
+        where ``loss_mask: (B, N_pred)`` is True (all rows when None); returns ``(loss, target)``."""
         target = self.target(video, ids_pred)
-        return F.mse_loss(pred.float(), target), target
+        if loss_mask is None or bool(loss_mask.all()):
+            return F.mse_loss(pred.float(), target), target
+        per_row = (pred.float() - target).square().mean(-1)
+        w = loss_mask.to(per_row.dtype)
+        return (per_row * w).sum() / w.sum().clamp(min=1.0), target
 
     def forward(self, video: torch.Tensor, generator: Optional[torch.Generator] = None,
                 masks: Optional[MaskIndices] = None) -> tuple:
         """``video: (B, C, T, H, W)`` -> ``(loss, aux)``; ``masks`` overrides the sampled encoder mask."""
         grid = tubelet_grid(video.shape, self.tubelet, "MaskedAutoencoder input")
         if masks is None:
-            masks, ids_pred = self.sample_masks(video.shape[0], grid, video.device, generator)
+            masks, ids_pred, loss_mask = self.sample_masks(video.shape[0], grid, video.device, generator)
         else:
-            ids_pred = select_decoder_targets(masks, grid, self.decoder_mask_ratio, generator=generator)
+            ids_pred, loss_mask = self.decoder_positions(masks, grid, generator)
         latent = self.forward_encoder(video, masks.ids_keep)
         pred = self.forward_decoder(latent, masks.ids_keep, ids_pred, grid)
-        loss, target = self.forward_loss(video, pred, ids_pred)
-        aux = dict(mask=masks.mask, ids_keep=masks.ids_keep, ids_pred=ids_pred, pred=pred.detach(), target=target)
+        loss, target = self.forward_loss(video, pred, ids_pred, loss_mask)
+        aux = dict(mask=masks.mask, ids_keep=masks.ids_keep, ids_pred=ids_pred, loss_mask=loss_mask,
+                   pred=pred.detach(), target=target)
         return loss, aux
 
     @torch.no_grad()
@@ -214,7 +257,7 @@ DECODER_SIZES = {
     "huge": dict(decoder_embed_dim=640, decoder_num_heads=8),
 }
 _MAE_KEYS = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads", "decoder_mlp_ratio", "mask_type",
-             "mask_ratio", "decoder_mask_ratio", "norm_pix_loss")
+             "mask_ratio", "decoder_mask_ratio", "norm_pix_loss", "decoder_mask_mode", "init")
 
 
 def _videomae(size: str, **kwargs) -> MaskedAutoencoder:
