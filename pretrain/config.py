@@ -84,6 +84,21 @@ class DataConfig:
     repeat_temporal: bool = False
     """Repeated sampling: give every repeat its own temporal position (costs up to ``num_repeats``x
     the decoding); off: repeats share the decoded frames and differ in crop/flip (VideoMAE V2)."""
+    sampling: str = "stride"
+    """Temporal sampling: ``stride`` (``num_frames`` frames ``sampling_rate`` apart at a random
+    start) or ``segment`` (TSN/SSv2: ``num_frames`` equal segments over the whole video, one random
+    frame per segment in train, the middle one at test)."""
+    randaug: str = ""
+    """RandAugment applied identically to every frame of a clip, train mode only, timm syntax
+    (VideoMAE fine-tuning: ``rand-m7-n4-mstd0.5-inc1``); empty: off."""
+    cache: str = ""
+    """Decoded-clip cache: ``""`` off, ``ram`` (uint8 ``.npy`` files under ``/dev/shm``, removed when
+    the process that built the loader exits) or a directory (kept and reused across runs). Every video
+    is decoded once in full, memory-mapped by all workers and ranks of the host; augmentation stays
+    per sample. Keyed on the shards' sizes, mtimes and manifest: changed shards invalidate it."""
+    cache_max_gb: float = 16.0
+    """Bound on the cache's size in GB (10^9 bytes) over all processes; beyond it, samples are
+    decoded normally. ``ram`` also stops at 90 % of ``/dev/shm``."""
 
     def __post_init__(self):
         _check(self.backend in ("decord", "pyav"), "data.backend", f"must be 'decord' or 'pyav', got {self.backend!r}")
@@ -105,6 +120,16 @@ class DataConfig:
         _check(self.decode_timeout > 0, "data.decode_timeout", "must be > 0")
         _check(len(self.mean) == 3 and len(self.std) == 3, "data.mean/std", "need 3 values each")
         _check(isinstance(self.repeat_temporal, bool), "data.repeat_temporal", "must be true or false")
+        _check(self.sampling in ("stride", "segment"), "data.sampling",
+               f"must be stride|segment, got {self.sampling!r}")
+        _check(self.cache_max_gb > 0, "data.cache_max_gb", f"must be > 0, got {self.cache_max_gb}")
+        if self.randaug:
+            from pretrain.data.randaug import RandAugSpec
+
+            try:
+                RandAugSpec.parse(self.randaug)
+            except ValueError as e:
+                raise ConfigError(f"data.randaug: {e}") from None
 
 
 @dataclass

@@ -105,8 +105,9 @@ class ClipStream(IterableDataset):
     """Worker side: yields whole batches (plus a ``_meta`` entry the :class:`Loader` strips)."""
 
     def __init__(self, cfg: DataConfig, mode: str, urls: list[str], rank: int, world_size: int, seed: int,
-                 roles: list[dict], first_batch: int, num_clips: int, num_crops: int):
+                 roles: list[dict], first_batch: int, num_clips: int, num_crops: int, cache=None):
         super().__init__()
+        self.cache = cache  # a ClipCache (data.cache) or None
         self.cfg, self.mode, self.urls = cfg, mode, urls
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.num_roles = max(1, cfg.num_workers)
@@ -141,7 +142,7 @@ class ClipStream(IterableDataset):
 
         def plans_of(raw, k: int, index: int, first: int = 0):
             rng = np.random.default_rng([_TAG_AUG, self.seed, n_cons, consumer, k, index])
-            return train_plans(raw, cfg, rng, first)
+            return train_plans(raw, cfg, rng, first, cache=self.cache)
 
         batch = _BatchBuilder(cfg, self._shared)
         failures = 0
@@ -208,7 +209,7 @@ class ClipStream(IterableDataset):
         batch = _BatchBuilder(self.cfg, self._shared)
         for raw in eval_samples(self.urls, consumer, n_cons, lambda reason: _count(stats, reason)):
             try:
-                frames, plans = eval_plans(raw, self.cfg, self.num_clips, self.num_crops)
+                frames, plans = eval_plans(raw, self.cfg, self.num_clips, self.num_crops, cache=self.cache)
             except SampleSkipped as e:
                 _count(stats, e.reason)
                 continue
@@ -225,6 +226,23 @@ class ClipStream(IterableDataset):
 
 def _identity(x):
     return x
+
+
+def _open_cache(cfg: DataConfig, urls: list[str], spec: str):
+    """``data.cache`` -> a :class:`~pretrain.data.cache.ClipCache` (directory keyed on the shards'
+    content, created here in the main process), or None when off."""
+    if not cfg.cache:
+        return None
+    from pretrain.data.cache import ClipCache, register_ram_cleanup, resolve_cache_dir
+
+    try:
+        d = resolve_cache_dir(cfg.cache, urls, spec, cfg.backend)
+    except OSError as e:
+        raise ConfigError(f"data.cache: cannot use {cfg.cache!r}: {e}") from None
+    ram = cfg.cache == "ram"
+    if ram:
+        register_ram_cleanup(d)
+    return ClipCache(d, int(cfg.cache_max_gb * 1e9), ram=ram)
 
 
 class Loader:
@@ -244,6 +262,8 @@ class Loader:
         self._roles = [_fresh_position() for _ in range(self.num_roles)]
         self._eval_done = {"decoded": 0, "skipped": {}}
         self._eval_live: dict[int, dict] = {}
+        self.cache = _open_cache(cfg, urls, spec)
+        """The decoded-clip cache (``data.cache``) shared by this loader's workers, or None."""
         if state:
             self.load_state_dict(state)
 
@@ -259,7 +279,8 @@ class Loader:
 
     def __iter__(self):
         ds = ClipStream(self.cfg, self.mode, self.urls, self.rank, self.world_size, self.seed,
-                        copy.deepcopy(self._roles), self._batches, self.num_clips, self.num_crops)
+                        copy.deepcopy(self._roles), self._batches, self.num_clips, self.num_crops,
+                        cache=self.cache)
         workers = self.cfg.num_workers
         dl = DataLoader(ds, batch_size=None, num_workers=workers, collate_fn=_identity,
                         pin_memory=torch.cuda.is_available(), persistent_workers=False,

@@ -70,3 +70,37 @@ def uniform_clip_indices(n: int, num_frames: int, stride: float, num_clips: int)
     else:
         starts = np.round(np.linspace(0, n - span, num_clips)).astype(np.int64)
     return starts[:, None] + _offsets(num_frames, stride)[None, :]
+
+
+# ---------------------------------------------------------------- segment (TSN / SSv2) sampling
+
+
+def segment_bounds(n: int, num_segments: int) -> np.ndarray:
+    """(num_segments, 2) int64 ``[lo, hi]`` (inclusive) frame range of each of ``num_segments`` equal
+    segments of an ``n``-frame video: segment ``i`` holds frames ``floor(i n / T) ..
+    floor((i + 1) n / T) - 1``, so for ``n >= T`` the segments partition the video. When ``n < T`` a
+    segment may hold no whole frame and then takes the frame it starts in (frames repeat, indices
+    stay monotone)."""
+    if n <= 0:
+        raise ValueError(f"video has no frames (n={n})")
+    edges = (np.arange(num_segments + 1, dtype=np.int64) * n) // num_segments
+    lo = np.minimum(edges[:-1], n - 1)
+    hi = np.maximum(edges[1:] - 1, lo)
+    return np.stack([lo, hi], axis=1)
+
+
+def train_segment_indices(n: int, num_frames: int, rng: np.random.Generator) -> np.ndarray:
+    """(num_frames,) int64: TSN train sampling -- the video cut into ``num_frames`` equal segments,
+    one uniformly random frame from each (the whole video is always covered, whatever its length)."""
+    b = segment_bounds(n, num_frames)
+    return b[:, 0] + (rng.random(num_frames) * (b[:, 1] - b[:, 0] + 1)).astype(np.int64)
+
+
+def uniform_segment_indices(n: int, num_frames: int, num_clips: int) -> np.ndarray:
+    """(num_clips, num_frames) int64: TSN test sampling, nothing random. One clip takes the middle
+    frame of every segment (``lo + len // 2``); clip ``k`` of ``K`` takes the frame at ``(k + 1/2) / K``
+    of each segment (K views spread evenly inside the segments, like VideoMAE's SSv2 test views)."""
+    b = segment_bounds(n, num_frames)
+    length = (b[:, 1] - b[:, 0] + 1).astype(np.float64)
+    frac = (np.arange(num_clips, dtype=np.float64) + 0.5) / num_clips
+    return b[None, :, 0] + np.floor(frac[:, None] * length[None, :]).astype(np.int64)
