@@ -64,10 +64,44 @@ def resolve_num_classes(cfg: FinetuneConfig) -> tuple[int, list[str] | None]:
     raise ConfigError("head.num_classes: not set and no classes.json next to data.shards")
 
 
+def transfer_encoder(src: nn.Module, drop_path_rate: float | None = None, what: str = "encoder") -> tuple[nn.Module, dict]:
+    """The fine-tuning encoder built from a loaded source encoder, as VideoMAE transfers it.
+
+    A mean-pooling ViT drops its pretraining per-token ``norm`` (``norm = Identity``) and learns a
+    fresh ``fc_norm`` on ``mean(tokens)`` (``run_class_finetuning.py``: ``use_mean_pooling``), so a
+    pretrained and a scratch ViT of the same config have the same head: ``fc_norm(mean(tokens))``.
+    A source that already has an ``fc_norm`` (a fine-tuned or mean-pooled HF encoder) keeps it.
+    ``drop_path_rate`` replaces the source's. Returns ``(encoder, load report)``; the key set is
+    checked exactly (only ``norm.*`` dropped, only ``fc_norm.*`` fresh).
+    """
+    from finetune.importers import load_exact
+    from pretrain.models.vit import VideoViT
+
+    mc = dict(getattr(src, "model_config", {}) or {})
+    if drop_path_rate is not None and "drop_path_rate" in mc:
+        mc["drop_path_rate"] = drop_path_rate
+    sd = dict(src.state_dict())
+    fresh: tuple = ()
+    dropped: list = []
+    if isinstance(src, VideoViT) and mc.get("use_mean_pooling", True):
+        mc["fc_norm"] = None                       # mean pooling -> fc_norm, no token norm
+        enc = type(src)(**mc)
+        if isinstance(enc.norm, nn.Identity):
+            dropped = sorted(k for k in sd if k.startswith("norm."))
+            for k in dropped:
+                del sd[k]
+        if isinstance(enc.fc_norm, nn.LayerNorm) and "fc_norm.weight" not in sd:
+            fresh = ("fc_norm.weight", "fc_norm.bias")
+    else:
+        enc = type(src)(**mc)
+    report = load_exact(enc, sd, what, fresh=fresh)
+    report["dropped"] = dropped
+    return enc, report
+
+
 def _encoder_from_init(cfg: FinetuneConfig) -> tuple[nn.Module, str]:
     """Rebuild the initial encoder with the fine-tuning drop path, loading the weights exactly."""
     from finetune.export import load_encoder
-    from finetune.importers import load_exact
 
     src = load_encoder(cfg.init)
     mc = dict(getattr(src, "model_config", {}) or {})
@@ -76,11 +110,12 @@ def _encoder_from_init(cfg: FinetuneConfig) -> tuple[nn.Module, str]:
         have = have[0] if isinstance(have, (list, tuple)) else have
         if have is not None and have != want:
             raise ConfigError(f"data.{field}: {want}, but the encoder in {cfg.init} was built for {have}")
-    if "drop_path_rate" in mc:
-        mc["drop_path_rate"] = cfg.model.drop_path
-    enc = type(src)(**mc)
-    report = load_exact(enc, src.state_dict(), str(cfg.init))
-    return enc, f"loaded {report.get('tensors', '?')} tensors from {cfg.init}"
+    enc, report = transfer_encoder(src, cfg.model.drop_path, str(cfg.init))
+    how = f"loaded {report.get('tensors', '?')} tensors from {cfg.init}"
+    if report["dropped"] or report["initialised_fresh"]:
+        how += (f" (pretraining norm dropped: {', '.join(report['dropped']) or '-'}; "
+                f"fresh: {', '.join(report['initialised_fresh']) or '-'})")
+    return enc, how
 
 
 def build_model(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, dict, str]:

@@ -59,9 +59,11 @@ def test_encoder_init_equals_pretrained_weights(data, pretrained, tmp_path):
     full = load_file(str(pretrained / "final" / "model.safetensors"))
     enc_sd = {k[len("encoder."):]: v for k, v in full.items() if k.startswith("encoder.")}
     mine = model.encoder.state_dict()
-    assert set(mine) == set(enc_sd)
+    # VideoMAE transfer: the pretraining token norm is dropped, a fresh fc_norm pools mean tokens
+    assert set(mine) == {k for k in enc_sd if not k.startswith("norm.")} | {"fc_norm.weight", "fc_norm.bias"}
     for k, v in enc_sd.items():
-        assert torch.equal(mine[k], v), k
+        if not k.startswith("norm."):
+            assert torch.equal(mine[k], v), k
     assert spec["arch"] == "encoder"
 
 
