@@ -167,7 +167,8 @@ def evaluate_model(model, data_cfg, shards: str, num_classes: int, *, num_clips:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help="fine-tune run directory (or its final/ directory)")
+    p.add_argument("--model", required=True, help="fine-tune run directory (or its final/ directory); with --probe "
+                   "any encoder source: pretraining run, checkpoint, exported encoder, HF dir, VideoMAE .pth")
     p.add_argument("--shards", default="", help="test shards (default: the run's data.val_shards)")
     p.add_argument("--num-clips", type=int, default=None, help="clips per video (default: data.test_num_clips)")
     p.add_argument("--num-crops", type=int, default=None, choices=(1, 3), help="crops per clip (default: data.test_num_crops)")
@@ -175,9 +176,72 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", default="", help="output directory (default: the model's run directory)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--probe", nargs="+", choices=("knn", "linear", "attentive"), default=None, metavar="KIND",
+                   help="frozen-encoder probe(s) instead of evaluating a classifier: knn (DINO weighted k-NN, "
+                        "k=20, T=0.07), linear (BatchNorm + linear, as MAE), attentive (one learned query)")
+    p.add_argument("--train-shards", default="", help="--probe: labeled shards the probe is fitted on "
+                   "(default: --shards split by video key, 20%% scored)")
+    p.add_argument("--probe-steps", type=int, default=200, help="--probe: AdamW steps fitting linear/attentive")
+    p.add_argument("--sampling-rate", type=int, default=None, help="--probe: frame stride (default: the encoder's)")
+
+
+def run_probe_cli(args) -> int:
+    """``tubelet evaluate --probe ...``: probe any encoder source, print and write ``probe.json``."""
+    import sys
+
+    from finetune.extract import _dist, data_config
+    from finetune.safe_load import UnsafeCheckpointError
+    from finetune.sources import open_source
+    from pretrain.data.shards import read_classes
+    from pretrain.probe import ProbeError, probe_encoder
+
+    if not args.shards:
+        print("tubelet evaluate: --probe needs --shards (labeled test shards)", file=sys.stderr)
+        return 2
+    try:
+        src = open_source(args.model)
+    except (UnsafeCheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"tubelet evaluate: {e}", file=sys.stderr)
+        return 2
+    enc = src.encoder
+    mc = getattr(enc, "model_config", {})
+    img = mc.get("img_size", src.data.get("img_size"))
+    meta = {"num_frames": mc.get("num_frames", src.data.get("num_frames")),
+            "img_size": img[0] if isinstance(img, (list, tuple)) else img,
+            "sampling_rate": src.data.get("sampling_rate"), "mean": src.mean, "std": src.std}
+    cfg = data_config(meta, batch_size=args.batch_size or 8, num_workers=2 if args.workers is None else args.workers,
+                      backend="decord", sampling_rate=args.sampling_rate)
+    classes = None
+    for d in (args.train_shards, args.shards):
+        if d and Path(d).is_dir():
+            classes = classes or read_classes(d)
+    if not classes:
+        print("tubelet evaluate: --probe needs labeled shards with a classes.json", file=sys.stderr)
+        return 2
+    rank, world = _dist()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        res = probe_encoder(enc.to(device), cfg, args.probe, len(classes), shards=args.shards,
+                            fit_shards=args.train_shards or None, rank=rank, world_size=world, device=device,
+                            steps=args.probe_steps)
+    except ProbeError as e:
+        print(f"tubelet evaluate: {e}", file=sys.stderr)
+        return 2
+    if rank == 0:
+        for kind, r in res.items():
+            print(f"probe {kind}: top-1 {100 * r['top1']:.2f}% (fit on {r['n_fit']} videos, scored on {r['n_score']})")
+        out = Path(args.out) if args.out else (Path(args.model) if Path(args.model).is_dir() else Path("."))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "probe.json").write_text(json.dumps({"model": str(args.model), "shards": args.shards,
+                                                    "train_shards": args.train_shards or None,
+                                                    "results": res}, indent=1))
+        print(f"wrote {out / 'probe.json'}")
+    return 0
 
 
 def run(args) -> int:
+    if args.probe:
+        return run_probe_cli(args)
     from accelerate import PartialState
 
     from finetune.engine import classifier_forward, load_finetuned

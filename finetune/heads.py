@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
+from pretrain.probe import AttentivePooler
+
 
 def _encoder_groups(prefix: str, enc: nn.Module, coarse: bool) -> dict:
     """The encoder's timm ``group_matcher`` with every pattern anchored under ``prefix``."""
@@ -99,39 +101,20 @@ class LinearProbe(_FrozenEncoderMixin):
         return self.head(self.bn(feats))
 
 
-class AttentiveProbe(_FrozenEncoderMixin):
-    """Frozen encoder; a learned query cross-attends over all tokens (multi-head), then linear."""
+class AttentiveProbe(_FrozenEncoderMixin, AttentivePooler):
+    """Frozen encoder; a learned query cross-attends over all tokens (multi-head), then linear
+    (:class:`pretrain.probe.AttentivePooler`, same parameter names)."""
 
     def __init__(self, encoder: nn.Module, num_classes: int, num_heads: int = 4):
-        super().__init__()
+        AttentivePooler.__init__(self, encoder.embed_dim, num_classes, num_heads)
         self.encoder = encoder
-        dim = encoder.embed_dim
-        if dim % num_heads:
-            num_heads = 1
-        self.num_heads = num_heads
-        self.query = nn.Parameter(torch.zeros(1, 1, dim))
-        trunc_normal_(self.query, std=0.02)
-        self.norm = nn.LayerNorm(dim)
-        self.kv = nn.Linear(dim, 2 * dim)
-        self.q = nn.Linear(dim, dim)
-        self.proj = nn.Linear(dim, dim)
-        self.out_norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
-        self.num_classes = num_classes
         self._freeze()
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """video: (B, 3, T, H, W) -> logits (B, num_classes)."""
         with torch.no_grad():
             tokens = self.encoder.forward_features(video)  # (B, N, D)
-        b, n, d = tokens.shape
-        h = self.num_heads
-        x = self.norm(tokens)
-        k, v = self.kv(x).reshape(b, n, 2, h, d // h).permute(2, 0, 3, 1, 4)  # each (B, h, N, d/h)
-        q = self.q(self.query.expand(b, -1, -1)).reshape(b, 1, h, d // h).transpose(1, 2)  # (B, h, 1, d/h)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, d)
-        out = self.query[:, 0] + self.proj(out)
-        return self.head(self.out_norm(out))
+        return AttentivePooler.forward(self, tokens)
 
     def no_weight_decay(self) -> set[str]:
         return {"query"}

@@ -213,6 +213,12 @@ class DistConfig:
     deepspeed_config: str = ""
     """DeepSpeed JSON template (e.g. ``launch/deepspeed/zero2.json``) whose ``"auto"`` values are
     filled from this config; empty: the built-in settings for ``zero_stage``."""
+    elastic: bool = True
+    """Allow resuming with another number of processes; DeepSpeed ZeRO 1-3 then also write a
+    world-size-free copy of the model + optimizer state (``elastic.pt``) with every checkpoint."""
+    timeout_s: float = 600.0
+    """Collective timeout: a rank whose peer died (or hangs) fails after this many seconds
+    instead of waiting forever (process group creation and every gloo/NCCL collective)."""
 
     def __post_init__(self):
         _check(self.zero_stage in (0, 1, 2, 3), "dist.zero_stage", f"must be 0..3, got {self.zero_stage}")
@@ -221,6 +227,7 @@ class DistConfig:
                f"must be auto|fp32|bf16|fp16, got {self.precision!r}")
         _check(not self.deepspeed_config or self.deepspeed_config.endswith(".json"), "dist.deepspeed_config",
                f"must name a .json file, got {self.deepspeed_config!r}")
+        _check(self.timeout_s > 0, "dist.timeout_s", "must be > 0")
 
 
 @dataclass
@@ -249,6 +256,16 @@ class RunConfig:
     """accelerate tracker: ``tensorboard`` or ``none``."""
     progress: bool = True
     """Show a tqdm progress bar on the main rank."""
+    probe_every: int = 0
+    """Pretraining: run frozen-encoder probes every N steps (and at step 0 and the end); 0: off."""
+    probe_shards: str = ""
+    """Labeled shards for the probes (split by video key into a fit and a score part)."""
+    probe_kinds: tuple = ("knn", "attentive")
+    """Probes to run: any of ``knn`` (DINO weighted k-NN, k=20, T=0.07), ``linear``, ``attentive``."""
+    probe_score_share: float = 0.2
+    """Share of the probe videos held out for scoring (the rest fits the probe)."""
+    probe_steps: int = 200
+    """AdamW steps that fit the linear / attentive probe on the extracted features."""
 
     def __post_init__(self):
         _check(bool(self.dir), "run.dir", "must be set")
@@ -259,6 +276,13 @@ class RunConfig:
         _check(self.vis_every >= 0, "run.vis_every", "must be >= 0")
         _check(self.max_nonfinite >= 1, "run.max_nonfinite", "must be >= 1")
         _check(self.tracker in ("tensorboard", "none"), "run.tracker", "must be tensorboard|none")
+        _check(self.probe_every >= 0, "run.probe_every", "must be >= 0")
+        _check(not self.probe_every or bool(self.probe_shards), "run.probe_shards",
+               "set labeled shards for the probes (run.probe_every is on)")
+        _check(all(k in ("knn", "linear", "attentive") for k in self.probe_kinds) and len(self.probe_kinds) > 0,
+               "run.probe_kinds", f"must be a non-empty list of knn|linear|attentive, got {list(self.probe_kinds)}")
+        _check(0.0 < self.probe_score_share < 1.0, "run.probe_score_share", "must be in (0, 1)")
+        _check(self.probe_steps >= 1, "run.probe_steps", "must be >= 1")
 
 
 @dataclass

@@ -117,6 +117,63 @@ def make_recon_callback(cfg: PretrainConfig, clips: int = 2, frames: int = 8):
     return callback
 
 
+def _probe_classes(cfg: PretrainConfig) -> int:
+    from pathlib import Path
+
+    from pretrain.data.shards import read_classes
+
+    p = Path(cfg.run.probe_shards)
+    classes = read_classes(p) if p.is_dir() else None
+    if not classes:
+        raise ConfigError(f"run.probe_shards: no classes.json in {cfg.run.probe_shards} (labeled shards from "
+                          f"`tubelet shard` or `tubelet synth` have one)")
+    return len(classes)
+
+
+def probe_record(cfg: PretrainConfig, rt, step: int, num_classes: int) -> dict:
+    """Run ``run.probe_kinds`` on the encoder now (all ranks); the metric record ``{"step", "probe_*"}``."""
+    from pretrain.probe import probe_encoder
+
+    encoder = rt.module.encoder
+    with torch.no_grad(), rt.autocast():
+        res = probe_encoder(encoder, cfg.data, cfg.run.probe_kinds, num_classes, shards=cfg.run.probe_shards,
+                            score_share=cfg.run.probe_score_share, rank=rt.rank, world_size=rt.world_size,
+                            device=rt.device, seed=cfg.run.seed, steps=cfg.run.probe_steps)
+    rec = {"step": step, **{f"probe_{k}_top1": r["top1"] for k, r in res.items()}}
+    first = next(iter(res.values()))
+    rec.update(probe_n_fit=first["n_fit"], probe_n_score=first["n_score"])
+    return rec
+
+
+def make_probe_callback(cfg: PretrainConfig, num_classes: int):
+    """Callback probing the encoder every ``run.probe_every`` steps and at the last step: appends a
+    record to the history (so checkpoints and ``metrics.jsonl`` keep it), logs it to TensorBoard and
+    redraws ``probe.png``. Runs on every rank (features are gathered exactly once across ranks)."""
+    from pretrain.visualize import plot_probe_curve
+
+    every = cfg.run.probe_every
+
+    def callback(trainer, batch):
+        if not (trainer.is_last or trainer.step % every == 0):
+            return
+        rt = trainer.runtime
+        rec = probe_record(cfg, rt, trainer.step, num_classes)
+        trainer.history.append(rec)
+        if rt.is_main:
+            import json
+
+            with open(trainer.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if trainer.tracker is not None:
+                trainer.tracker.log({f"probe/{k[6:]}": v for k, v in rec.items() if k.endswith("_top1")},
+                                    step=trainer.step)
+            plot_probe_curve(trainer.history, trainer.run_dir / "probe.png", title=f"{cfg.model.name} probes")
+            print("[tubelet] step {}: probe top-1 ".format(trainer.step) + ", ".join(
+                f"{k[6:-5]} {100 * v:.1f}%" for k, v in rec.items() if k.endswith("_top1")), flush=True)
+
+    return callback
+
+
 def pretrain(cfg: PretrainConfig) -> list[dict]:
     """Train ``cfg`` to ``run.max_steps`` (resuming when possible); returns the metric records."""
     from pretrain.data.loader import build_loader
@@ -144,10 +201,28 @@ def pretrain(cfg: PretrainConfig) -> list[dict]:
             except ValueError as e:  # a loader state from different data / worker count
                 raise ConfigError(f"data: cannot resume the data position: {e}") from e
 
+        callbacks = [make_recon_callback(cfg)]
+        probe0 = None
+        if cfg.run.probe_every:
+            from pretrain.checkpoint import find_latest
+
+            if cfg.dist.deepspeed and cfg.dist.zero_stage == 3:
+                raise ConfigError("run.probe_every: probes are not supported under ZeRO-3 (ranks see different "
+                                  "numbers of probe videos); use zero_stage <= 2 or probe the exported encoder "
+                                  "with `tubelet evaluate --probe`")
+            num_classes = _probe_classes(cfg)
+            callbacks.append(make_probe_callback(cfg, num_classes))
+            fresh = rt.broadcast_object(find_latest(cfg.run.dir) is None if rt.is_main else None)
+            if fresh:
+                probe0 = probe_record(cfg, rt, 0, num_classes)       # the initial (random or warm) encoder
         trainer = Trainer(rt, make_step_fn(cfg, rt.device), make_loader, optim=cfg.optim, run=cfg.run, config=cfg,
                           export={"model": cfg.model.name, "model_kwargs": model_kwargs(cfg)},
-                          callbacks=[make_recon_callback(cfg)], desc="pretrain",
-                          clips_per_video=cfg.data.num_repeats)
+                          callbacks=callbacks, desc="pretrain", clips_per_video=cfg.data.num_repeats)
+        if probe0 is not None:
+            trainer.history.append(probe0)                 # written to metrics.jsonl when the run starts
+            if rt.is_main:
+                print("[tubelet] step 0 (initial weights): probe top-1 " + ", ".join(
+                    f"{k[6:-5]} {100 * v:.1f}%" for k, v in probe0.items() if k.endswith("_top1")), flush=True)
         return trainer.fit()
     finally:
         rt.close()

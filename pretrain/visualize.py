@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -93,6 +93,41 @@ def plot_loss_curve(records: Iterable[dict] | str | Path, path: str | Path) -> P
     ax.set_xlabel("step")
     ax.set_ylabel("loss", color="tab:blue")
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_probe_curve(records: Iterable[dict] | str | Path, path: str | Path, title: str = "") -> Optional[Path]:
+    """Probe top-1 (%) over pretraining steps, one line per probe, the step-0 (random-init) value
+    as a dashed line; from metric records (``probe_<kind>_top1`` keys) or a ``metrics.jsonl``."""
+    if isinstance(records, (str, Path)):
+        records = read_metrics(records)
+    series: dict = {}
+    for r in records:
+        for k, v in r.items():
+            if k.startswith("probe_") and k.endswith("_top1") and v is not None:
+                series.setdefault(k[len("probe_"):-len("_top1")], []).append((r["step"], 100 * v))
+    if not series:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, (kind, pts) in enumerate(sorted(series.items())):
+        pts = sorted(pts)
+        color = f"C{i}"
+        steps, acc = zip(*pts)
+        ax.plot(steps, acc, marker="o", ms=3, lw=1.2, color=color, label=kind)
+        if pts[0][0] == 0:
+            ax.axhline(pts[0][1], color=color, ls="--", lw=0.8, alpha=0.7, label=f"{kind}, random init")
+    ax.set_xlabel("pretraining step")
+    ax.set_ylabel("probe top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -129,7 +129,7 @@ def kill_tree(pid: int) -> None:
 
 def losses(run_dir: Path) -> dict[int, float]:
     recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {r["step"]: r["loss"] for r in recs}
+    return {r["step"]: r["loss"] for r in recs if "loss" in r}   # probe records carry no loss
 
 
 def final_weights(run_dir: Path) -> dict:
