@@ -517,3 +517,36 @@ def test_mae_with_rgb_diff_reconstructs_the_differences():
     assert mae.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
     rec = mae.reconstruct(x, generator=torch.Generator().manual_seed(0))
     assert torch.equal(rec["original"], rgb_difference(x))
+
+
+def test_temporal_difference_embedding_init():
+    from pretrain.models.vit import temporal_difference_init_
+
+    torch.manual_seed(0)
+    enc = create_model("vit_test", num_frames=8, img_size=32, patch_size=8, embed_init="temporal_diff")
+    w = enc.patch_embed.proj.weight                                  # (D, C, 2, 8, 8)
+    assert torch.equal(w[:, :, 1], -w[:, :, 0]), "w1 = -w0: a difference across the tubelet's frames"
+    ref = create_model("vit_test", num_frames=8, img_size=32, patch_size=8)
+    assert abs(w.abs().mean() / ref.patch_embed.proj.weight.abs().mean() - 4.0) < 0.3, "gain 4"
+    static = torch.randn(2, 3, 1, 32, 32).repeat(1, 1, 8, 1, 1)
+    with torch.no_grad():
+        tok = enc.patch_embed(static)
+        assert torch.allclose(tok, enc.patch_embed.proj.bias.expand_as(tok), atol=1e-5), "a static clip embeds to the bias"
+        moving = torch.roll(static, 1, dims=-1) * (torch.arange(8).view(1, 1, 8, 1, 1) % 2) + \
+            static * (1 - torch.arange(8).view(1, 1, 8, 1, 1) % 2)
+        assert (enc.patch_embed(moving) - tok).abs().max() > 0.1
+    half = create_model("vit_test", num_frames=8, img_size=32, patch_size=8, embed_init="temporal_diff",
+                        embed_init_share=0.5, embed_init_gain=2.0)
+    hw = half.patch_embed.proj.weight
+    assert torch.equal(hw[:32, :, 1], -hw[:32, :, 0]) and not torch.equal(hw[32:, :, 1], -hw[32:, :, 0])
+    w3 = temporal_difference_init_(torch.randn(4, 3, 3, 2, 2), gain=1.0)
+    assert torch.allclose(w3.sum(2), torch.zeros(4, 3, 2, 2)), "odd tubelets: filters still sum to zero"
+    with pytest.raises(ValueError, match="embed_init"):
+        create_model("vit_test", num_frames=8, img_size=32, patch_size=8, embed_init="nope")
+    with pytest.raises(ValueError, match="tubelet_size"):
+        create_model("vit_test", num_frames=8, img_size=32, patch_size=8, tubelet_size=1, embed_init="temporal_diff")
+    # the MAE passes it to its encoder, and the encoder config rebuilds it
+    mae = create_model("videomae_test", num_frames=8, img_size=32, patch_size=8, embed_init="temporal_diff")
+    assert mae.encoder.model_config["embed_init"] == "temporal_diff"
+    w = mae.encoder.patch_embed.proj.weight
+    assert torch.equal(w[:, :, 1], -w[:, :, 0])

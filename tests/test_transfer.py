@@ -64,7 +64,7 @@ def test_every_init_source_gets_a_fresh_fc_norm_on_mean_tokens(kind, data, pretr
     if kind == "hf":
         pytest.importorskip("transformers")
         src_dir = tmp_path / "hf"
-        # a plain ViT (HF cannot express the difference init): export it, then start from HF
+        # a VideoMAE encoder exported to HF, then used as the init source
         from pretrain.models import create_model
 
         torch.manual_seed(3)
@@ -125,7 +125,7 @@ def test_finetuned_classifier_matches_hf_video_classification(data, pretrained, 
     tf = pytest.importorskip("transformers")
     from finetune.sources import open_source
 
-    # a plain-ViT pretraining run (HF cannot express the difference init)
+    # a plain-ViT pretraining run
     from pretrain.engine import pretrain
 
     pt = tmp_path / "pt"
