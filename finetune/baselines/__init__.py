@@ -7,7 +7,8 @@
 
 Models (``list_baselines()``): single_frame, late_fusion_{avg,meanstd,concat}, early_fusion
 (``frame2d``); cnn3d, c3d, r3d_18, r2plus1d_18 (``cnn3d``); nonlocal_3d (``nonlocal_block``);
-two_stream (``two_stream``); recurrent_conv (``recurrent``); timesformer, vivit (``factorized``).
+two_stream (``two_stream``); recurrent_conv (``recurrent``); timesformer, vivit (``factorized``);
+vtn (``vtn``).
 ``BASELINE_INFO[name]``: description, order_aware, family, reference, needs_flow.
 """
 
@@ -17,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import cnn3d, factorized, frame2d, nonlocal_block, recurrent, two_stream  # noqa: F401  (registers)
+from . import cnn3d, factorized, frame2d, nonlocal_block, recurrent, two_stream, vtn  # noqa: F401  (registers)
 from .registry import BASELINE_INFO, check_video, create_baseline, list_baselines, register_baseline
 
 __all__ = ["BASELINE_INFO", "check_video", "count_params", "create_baseline", "gflops_per_clip",
