@@ -78,3 +78,8 @@ class FinetuneConfig:
     """Evaluation."""
     init: str = ""
     """Initialise the encoder from a pretraining run dir, checkpoint or exported encoder dir ('' = scratch)."""
+
+    def __post_init__(self):
+        _check(not (self.head.mixup > 0 or self.head.cutmix > 0) or self.data.batch_size % 2 == 0,
+               "data.batch_size", f"mixup/cutmix pair clips within a batch: use an even batch size "
+               f"(got {self.data.batch_size}) or set head.mixup=0 head.cutmix=0")

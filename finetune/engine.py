@@ -207,23 +207,8 @@ def classifier_forward(model: nn.Module, batch: dict, video: torch.Tensor) -> to
 # training step
 
 
-def random_erase_(video: torch.Tensor, prob: float, gen: torch.Generator | None = None) -> torch.Tensor:
-    """Erase one random box per clip (the same box in every frame) with noise; video (B, 3, T, H, W)."""
-    b, _, _, h, w = video.shape
-    for i in range(b):
-        if torch.rand((), generator=gen).item() >= prob:
-            continue
-        area = h * w * (0.02 + 0.3 * torch.rand((), generator=gen).item())
-        ratio = float(torch.exp(torch.empty(()).uniform_(-1.2, 1.2, generator=gen)))
-        eh = max(1, min(h, int(round((area * ratio) ** 0.5))))
-        ew = max(1, min(w, int(round((area / ratio) ** 0.5))))
-        y = int(torch.randint(0, h - eh + 1, (), generator=gen))
-        x = int(torch.randint(0, w - ew + 1, (), generator=gen))
-        video[i, :, :, y:y + eh, x:x + ew] = torch.randn(video.shape[1], 1, eh, ew, generator=gen).to(video)
-    return video
-
-
 def make_step_fn(cfg: FinetuneConfig, num_classes: int, device):
+    from finetune.augment import random_erase_
     from finetune.mixup import VideoMixup
     from pretrain.data.transforms import normalize_on_device
 
