@@ -12,6 +12,12 @@ defined by direction.
     stride = clip_stride(cfg.sampling_rate, cfg.target_fps, vid.fps)
     idx = train_clip_indices(vid.num_frames, 16, stride, rng)          # (16,) int64, random start
     clips = uniform_clip_indices(vid.num_frames, 16, stride, num_clips=5)  # (5, 16), test views
+
+``data.sampling=segment`` (TSN, VideoMAE's SSv2 fine-tuning) ignores the stride: the video is cut
+into ``num_frames`` equal segments (:func:`segment_bounds`) and a clip takes one frame of each --
+a uniformly random one in train (:func:`train_segment_indices`), the middle one at test
+(:func:`uniform_segment_indices`). Either way the loader decodes the distinct indices of all of a
+sample's clips in one batched ``get`` (decord ``get_batch``), each frame once.
 """
 
 from __future__ import annotations
