@@ -125,7 +125,7 @@ def test_bound_respected(shards, tmp_path, count_opens):
     cfg = small_cfg(shards=str(d), cache=str(tmp_path / "c"), cache_max_gb=3.5 * one / 1e9, num_repeats=1)
     plain, _ = _train(small_cfg(shards=str(d), num_repeats=1), 2)
     got, loader = _train(cfg, 2)
-    assert loader.cache.writes == 3 and loader.cache.full
+    assert loader.cache.writes == 3  # the 4th does not fit: checked before decoding it whole
     used = cache_mod.usage_bytes(loader.cache.dir)
     assert 3 * one < used <= 3.5 * one
     assert all(torch.equal(a["video"], b["video"]) for a, b in zip(plain, got))  # the rest decoded normally

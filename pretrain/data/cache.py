@@ -122,7 +122,8 @@ class ClipCache:
     """One process's handle on a cache directory (cheap to pickle: opens nothing until used).
 
     ``get(shard, key)`` -> ``(frames (N, H, W, 3) uint8 memmap, fps)`` or None;
-    ``put(shard, key, frames, fps)`` stores an entry unless the cache is full (returns whether it did).
+    ``room_for(nbytes)`` says whether an entry of that size still fits; ``put(shard, key, frames,
+    fps)`` stores an entry unless the bound would be exceeded (returns whether it did).
     ``hits`` / ``writes`` / ``full`` count this process's traffic.
     """
 
@@ -160,6 +161,25 @@ class ClipCache:
         except OSError:
             return self.max_bytes
         return min(self.max_bytes, int(total * RAM_FILL))
+
+    def _used(self) -> int:
+        try:
+            text = (self.dir / ".usage").read_text().strip()
+            return int(text) if text else 0
+        except (OSError, ValueError):
+            return 0
+
+    def room_for(self, nbytes: int) -> bool:
+        """Whether an entry of about ``nbytes`` still fits (a lock-free estimate, checked before
+        decoding a whole video for the cache; :meth:`put` re-checks under the lock). Sets
+        :attr:`full` once less than 1 % of the bound is left."""
+        if self.full:
+            return False
+        limit = self._limit()
+        left = limit - self._used()
+        if left < 0.01 * limit:
+            self.full = True
+        return nbytes <= left
 
     def _reserve(self, nbytes: int) -> bool:
         """Add ``nbytes`` to the shared usage counter if that stays within the bound."""
@@ -199,7 +219,7 @@ class ClipCache:
                 json.dump({"fps": float(fps), "num_frames": int(frames.shape[0]), "key": key, "shard": shard}, f)
             size = os.path.getsize(tmp_npy) + os.path.getsize(tmp_meta)
             if not self._reserve(size):
-                self.full = True
+                self.room_for(size)  # sets ``full`` when (almost) nothing is left
                 return False
             os.replace(tmp_meta, meta)  # the meta first: a visible .npy always has its meta
             tmp_meta = None

@@ -92,7 +92,7 @@ def decode_clips(raw: RawSample, cfg: DataConfig, plan: Callable[[int, float], n
         vid = open_video(raw.video, cfg.backend)
         idx = np.asarray(plan(vid.num_frames, vid.fps), dtype=np.int64)
         uniq, inv = np.unique(idx, return_inverse=True)
-        if cache is not None and not cache.full:
+        if cache is not None and cache.room_for(vid.num_frames * vid.height * vid.width * 3 + 256):
             allf = vid.get(np.arange(vid.num_frames))
             if allf.ndim == 4 and allf.shape[0] == vid.num_frames and allf.shape[-1] == 3:
                 cache.put(raw.shard, raw.key, allf, vid.fps)
