@@ -25,6 +25,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    if not BENCH_DIR.is_dir():
+        print(f"tubelet bench: the benchmarks ship with the source, not the installed package ({BENCH_DIR} does not "
+              f"exist): run it from a checkout (git clone ...; pip install -e .)", file=sys.stderr)
+        return 2
     script = BENCH_DIR / f"{args.name}.py"
     if not script.is_file():
         print(f"tubelet bench: no benchmark {args.name!r} in {BENCH_DIR} (have: {', '.join(_available())})",

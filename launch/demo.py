@@ -58,6 +58,9 @@ class Preset:
     pretrain_overrides: list[str] = field(default_factory=list)  # extra `tubelet pretrain` overrides
     vit_tag: str = "vit"                                          # run names: {vit_tag}_{pretrained,scratch}_...
     vit_overrides: list[str] = field(default_factory=list)       # extra `tubelet finetune` overrides, both ViTs
+    probe_every: int = 0                                          # pretraining probes (k-NN + attentive), 0: off
+    checks: tuple = ("single_frame", "late_fusion", "cnn3d", "loss", "pngs")   # the checks this preset can pass
+    cache: bool = True                                            # decode each video once (data.cache=OUT/cache)
 
 
 PRESETS = {
@@ -65,13 +68,15 @@ PRESETS = {
     "quick": Preset(videos_per_class=[100], pretrain_videos=1000, test_per_class=20, pretrain_steps=500,
                     pretrain_model="videomae_test", encoder="vit_test", finetune_steps=300, baseline_steps=200,
                     baselines=["single_frame", "late_fusion_avg", "cnn3d"], seeds=[0],
-                    steps_by_model={"cnn3d": 600},
+                    steps_by_model={"cnn3d": 600}, probe_every=250,
+                    checks=("single_frame", "late_fusion", "cnn3d", "loss", "pngs", "probe"),
                     est_seconds={"synth": 30, "pretrain": 90, "finetune": 80, "baseline": 70, "compare": 1,
                                  "export": 5}),
     # the whole pipeline with minimal sizes: what the test suite runs (numbers are meaningless)
     "smoke": Preset(videos_per_class=[3], pretrain_videos=20, test_per_class=1, pretrain_steps=4,
                     pretrain_model="videomae_test", encoder="vit_test", finetune_steps=3, baseline_steps=3,
                     baselines=["single_frame", "cnn3d"], seeds=[0], batch=4, pretrain_batch=4, num_repeats=2,
+                    probe_every=2, checks=("pngs", "probe"),
                     est_seconds={"synth": 5, "pretrain": 15, "finetune": 12, "baseline": 12, "compare": 2,
                                  "export": 10}),
     # the real comparison, sized for about an hour on a quiet 2-core CPU (stages measured alone: pretrain
@@ -86,7 +91,9 @@ PRESETS = {
                    baselines=["single_frame", "late_fusion_avg", "late_fusion_meanstd", "late_fusion_concat",
                               "early_fusion", "cnn3d", "c3d", "two_stream", "recurrent_conv", "nonlocal_3d",
                               "timesformer", "vivit"],
-                   seeds=[0, 1, 2], repeated_models=["c3d"], pretrain_batch=16, num_repeats=4, workers=1,
+                   seeds=[0, 1, 2], repeated_models=["cnn3d", "c3d"], pretrain_batch=16, num_repeats=4, workers=1,
+                   probe_every=1000, checks=("single_frame", "late_fusion", "cnn3d", "loss", "pngs", "probe",
+                                             "headline"),
                    est_seconds={"synth": 40, "pretrain": 420, "finetune": 72, "baseline": 120, "compare": 3,
                                 "export": 20}),
 }
@@ -105,9 +112,20 @@ class Stage:
     argv: list[str]
 
 
-def _data_overrides(p: Preset, shards: Path, val: Path) -> list[str]:
+def _cache(p: Preset, out: Path) -> list[str]:
+    return [f"data.cache={out / 'cache'}"] if p.cache else []
+
+
+def _data_overrides(p: Preset, shards: Path, val: Path, out: Path) -> list[str]:
     return [f"data.shards={shards}", f"data.val_shards={val}", f"data.batch_size={p.batch}",
-            f"data.num_workers={p.workers}", "data.test_num_clips=2"]
+            f"data.num_workers={p.workers}", "data.test_num_clips=2", *_cache(p, out)]
+
+
+def _probe_overrides(p: Preset, data: Path) -> list[str]:
+    if not p.probe_every:
+        return []
+    return [f"run.probe_every={p.probe_every}", f"run.probe_shards={data / 'train'}",
+            "run.probe_kinds=[knn, attentive]"]
 
 
 def plan(p: Preset, out: Path) -> list[Stage]:
@@ -125,30 +143,30 @@ def plan(p: Preset, out: Path) -> list[Stage]:
                                  "--val-per-class", "1", "--no-progress"]))
     pt = out / "pretrain"
     stages.append(Stage("pretrain", "pretrain", [
-        "pretrain", "--config", "configs/pretrain/synth_tiny.yaml", f"data.shards={data / 'pretrain'}",
+        "pretrain", "--config", "synth_tiny", f"data.shards={data / 'pretrain'}",
         f"run.dir={pt}", f"run.max_steps={p.pretrain_steps}", f"run.save_every={max(50, p.pretrain_steps // 4)}",
         f"run.vis_every={max(50, p.pretrain_steps // 3)}", f"model.name={p.pretrain_model}",
         f"model.kwargs={{{p.encoder_kw}, norm_pix_loss: false}}",
         f"data.batch_size={p.pretrain_batch}", f"data.num_repeats={p.num_repeats}", f"data.num_workers={p.workers}",
-        "run.progress=false", *p.pretrain_overrides]))
+        "run.progress=false", *_cache(p, out), *_probe_overrides(p, data), *p.pretrain_overrides]))
     test = data / "test"
     for lpc in p.videos_per_class:
         train = (data if lpc == max(p.videos_per_class) else out / f"data_{lpc}") / "train"
         for seed in p.seeds:
             tag = f"l{lpc}_s{seed}"
-            common = _data_overrides(p, train, test) + [f"run.seed={seed}", "run.progress=false"]
+            common = _data_overrides(p, train, test, out) + [f"run.seed={seed}", "run.progress=false"]
             stages.append(Stage(f"{p.vit_tag}_pretrained_{tag}", "finetune", [
-                "finetune", "--config", "configs/finetune/synth_vit.yaml", "--init", str(pt),
+                "finetune", "--config", "synth_vit", "--init", str(pt),
                 f"model.name={p.encoder}", f"run.dir={out / 'ft' / f'{p.vit_tag}_pretrained_{tag}'}",
                 f"run.max_steps={p.finetune_steps}", *common, *p.vit_overrides]))
             stages.append(Stage(f"{p.vit_tag}_scratch_{tag}", "finetune", [
-                "finetune", "--config", "configs/finetune/synth_vit.yaml", f"model.name={p.encoder}", f"model.kwargs={{{p.encoder_kw}, fc_norm: false}}",
+                "finetune", "--config", "synth_vit", f"model.name={p.encoder}", f"model.kwargs={{{p.encoder_kw}}}",
                 f"run.dir={out / 'ft' / f'{p.vit_tag}_scratch_{tag}'}", f"run.max_steps={p.finetune_steps}", *common,
                 *p.vit_overrides]))
             names = p.baselines if (lpc == max(p.videos_per_class) and seed == p.seeds[0]) else p.repeated_models
             for name in names:
                 stages.append(Stage(f"{name}_{tag}", "baseline", [
-                    "finetune", "--config", "configs/finetune/synth_baseline.yaml", f"model.name={name}",
+                    "finetune", "--config", "synth_baseline", f"model.name={name}",
                     f"run.dir={out / 'ft' / f'{name}_{tag}'}",
                     f"run.max_steps={p.steps_by_model.get(name, p.baseline_steps)}", *common]))
     stages.append(Stage("compare", "compare", ["compare", str(out / "ft" / "*"), "--out", str(out / "REPORT.md"),
@@ -169,7 +187,7 @@ def run_stage(stage: Stage, out: Path, env: dict) -> tuple[int, float]:
         f.write("$ tubelet " + " ".join(stage.argv) + "\n")
         f.flush()
         rc = subprocess.call([sys.executable, "-m", "launch", *stage.argv], stdout=f, stderr=subprocess.STDOUT,
-                             env=env, cwd=Path(__file__).resolve().parents[1])
+                             env=env, cwd=out)
     return rc, time.perf_counter() - t0
 
 
@@ -178,41 +196,76 @@ def _result(out: Path, run: str) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def check_claims(out: Path, p: Preset) -> list[tuple[str, bool, str]]:
-    """The robust claims of the quick preset, measured: (claim, ok, measured)."""
+def check_claims(out: Path, p: Preset) -> list[tuple[str, bool | None, str]]:
+    """The preset's checks, measured: ``(claim, ok, measured)``; ``ok is None`` for lines that only
+    inform (they never fail the demo). Only the checks named in ``p.checks`` run."""
     tag = f"l{max(p.videos_per_class)}_s{p.seeds[0]}"
-    claims = []
+    claims: list = []
+    want = set(p.checks)
 
     def top1(name):
         r = _result(out, f"{name}_{tag}")
         return None if r is None else r.get("top1")
 
-    sf = top1("single_frame")
-    if sf is not None:
-        claims.append(("single-frame CNN at chance (<= 20%)", sf <= 0.20, f"{100 * sf:.1f}%"))
-    lf = top1("late_fusion_avg")
-    if lf is not None:
-        claims.append(("order-blind late fusion <= ~55%", lf <= 0.55, f"{100 * lf:.1f}%"))
-    best3d = max([v for v in (top1("cnn3d"), top1("c3d")) if v is not None], default=None)
-    if best3d is not None:
-        claims.append(("3D CNN / C3D >= 60%", best3d >= 0.60, f"{100 * best3d:.1f}%"))
-    m = out / "pretrain" / "metrics.jsonl"
-    if m.is_file():
-        recs = [json.loads(l) for l in m.read_text().splitlines() if l.strip()]
+    def measured(name, claim, ok_fn):
+        v = top1(name)
+        claims.append((claim, v is not None and ok_fn(v), "not run" if v is None else f"{100 * v:.1f}%"))
+
+    if "single_frame" in want:
+        measured("single_frame", "single-frame CNN at chance (<= 20%)", lambda v: v <= 0.20)
+    if "late_fusion" in want:
+        measured("late_fusion_avg", "order-blind late fusion <= ~55%", lambda v: v <= 0.55)
+    if "cnn3d" in want:
+        best3d = max([v for v in (top1("cnn3d"), top1("c3d")) if v is not None], default=None)
+        claims.append(("3D CNN / C3D >= 60%", best3d is not None and best3d >= 0.60,
+                       "not run" if best3d is None else f"{100 * best3d:.1f}%"))
+    recs = _pretrain_records(out)
+    if "loss" in want:
         losses = [r["loss"] for r in recs if r.get("loss") is not None]
-        if len(losses) >= 2:
-            k = max(1, len(losses) // 5)
-            first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
-            claims.append(("masked-reconstruction loss falling", last < first, f"{first:.3f} -> {last:.3f}"))
-    pngs = sorted((out / "pretrain").glob("recon_step*.png"))
-    claims.append(("reconstruction pictures written", bool(pngs), ", ".join(x.name for x in pngs) or "none"))
-    if len(p.videos_per_class) > 1 or len(p.seeds) > 1:
+        k = max(1, len(losses) // 5)
+        first, last = (sum(losses[:k]) / k, sum(losses[-k:]) / k) if len(losses) >= 2 else (None, None)
+        claims.append(("masked-reconstruction loss falling", first is not None and last < first,
+                       "fewer than 2 loss records" if first is None else f"{first:.3f} -> {last:.3f}"))
+    if "pngs" in want:
+        pngs = sorted((out / "pretrain").glob("recon_step*.png"))
+        claims.append(("reconstruction pictures written", bool(pngs), ", ".join(x.name for x in pngs) or "none"))
+    if "probe" in want:
+        probes = [r for r in recs if "probe_knn_top1" in r]
+        png = (out / "pretrain" / "probe.png").is_file()
+        claims.append(("probe curve written (probe.png, step 0 and later)", png and len(probes) >= 2,
+                       f"{len(probes)} probe points" + ("" if png else ", no probe.png")))
+    if "headline" in want:
         claims += headline_claim(out, p)
     pt, sc = top1(f"{p.vit_tag}_pretrained"), top1(f"{p.vit_tag}_scratch")
     if pt is not None and sc is not None:
-        claims.append(("pretrained ViT vs scratch ViT (informative)", pt >= sc,
-                       f"{100 * pt:.1f}% vs {100 * sc:.1f}%"))
+        claims.append(("pretrained ViT vs scratch ViT", None, f"{100 * pt:.1f}% vs {100 * sc:.1f}%"))
+    probes = [r for r in recs if "probe_knn_top1" in r]
+    if probes:
+        claims.append(("pretraining probes, k-NN top-1 at the first / last step", None,
+                       f"{100 * probes[0]['probe_knn_top1']:.1f}% (step {probes[0]['step']}) -> "
+                       f"{100 * probes[-1]['probe_knn_top1']:.1f}% (step {probes[-1]['step']})"))
     return claims
+
+
+def _pretrain_records(out: Path) -> list[dict]:
+    m = out / "pretrain" / "metrics.jsonl"
+    return [json.loads(line) for line in m.read_text().splitlines() if line.strip()] if m.is_file() else []
+
+
+def seed_table(out: Path, p: Preset) -> list[str]:
+    """Markdown: top-1 mean +- half the min-max range over seeds, per label budget, for the models
+    run at every seed (the two ViTs and ``repeated_models``)."""
+    models = [f"{p.vit_tag}_pretrained", f"{p.vit_tag}_scratch", *p.repeated_models]
+    rows = []
+    for lpc in p.videos_per_class:
+        cells = []
+        for name in models:
+            vals = [r["top1"] for s in p.seeds if (r := _result(out, f"{name}_l{lpc}_s{s}")) and r.get("top1") is not None]
+            cells.append(f"{100 * sum(vals) / len(vals):.1f} ± {50 * (max(vals) - min(vals)):.1f} (n={len(vals)})"
+                         if vals else "–")
+        rows.append(f"| {lpc} | " + " | ".join(cells) + " |")
+    head = "| labels/class | " + " | ".join(models) + " |"
+    return ["## Over seeds (top-1 %, mean ± half range)", "", head, "|" + "---|" * (len(models) + 1), *rows, ""]
 
 
 def headline_claim(out: Path, p: Preset) -> list[tuple[str, bool, str]]:
@@ -250,7 +303,9 @@ def run(args) -> int:
     out = Path(args.out or f"demo_{args.preset}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     stages = plan(p, out)
-    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "PYTHONUNBUFFERED": "1"}
+    here = str(Path(__file__).resolve().parents[1])      # a checkout or site-packages: `-m launch` resolves
+    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])}
     weights = [p.est_seconds.get(s.kind, 30) for s in stages]
     print(f"tubelet demo ({args.preset}): {len(stages)} stages, about {sum(weights) / 60:.0f} min estimated; "
           f"logs in {out / 'logs'}", flush=True)
@@ -275,16 +330,26 @@ def run(args) -> int:
     total = time.perf_counter() - t_start
     report = out / "REPORT.md"
     claims = check_claims(out, p)
-    lines = ["", "## Checks (measured in this run)", ""]
-    lines += [f"- {'PASS' if ok else 'FAIL'} — {c}: {m}" for c, ok, m in claims]
+    lines = []
+    if len(p.seeds) > 1:
+        lines += [""] + seed_table(out, p)
+    if (out / "pretrain" / "probe.png").is_file():
+        lines += ["", "## Pretraining probes", "", "![probe curve](pretrain/probe.png)", ""]
+    lines += ["", "## Checks (measured in this run)", ""]
+    lines += [f"- {'INFO' if ok is None else 'PASS' if ok else 'FAIL'} — {c}: {m}" for c, ok, m in claims]
     lines += ["", f"Total demo time: {total / 60:.1f} min (preset {args.preset}).", ""]
     if report.is_file():
         report.write_text(report.read_text() + "\n".join(lines))
         print(report.read_text())
+        print(f"report: {report}")
     else:
         print("\n".join(lines))
-    print(f"report: {report}\nreconstructions: {out / 'pretrain'}/recon_step*.png\nencoder: {out / 'encoder'}")
+    for what, path in (("reconstructions", out / "pretrain"), ("encoder", out / "encoder")):
+        if path.is_dir() and any(path.iterdir()):
+            print(f"{what}: {path}")
+    failed_checks = [c for c, ok, _ in claims if ok is False]
     if failed:
-        print(f"failed stages: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+        print(f"tubelet demo: failed stages: {', '.join(failed)} (logs in {out / 'logs'})", file=sys.stderr)
+    if failed_checks:
+        print(f"tubelet demo: failed checks: {'; '.join(failed_checks)}", file=sys.stderr)
+    return 1 if failed or failed_checks else 0

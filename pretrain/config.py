@@ -19,7 +19,43 @@ from typing import Any, Optional
 
 import yaml
 
-CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+def _config_root() -> Path:
+    """The presets: the repository's ``configs/`` in a source checkout, else the copy installed as
+    package data of ``tubelet.configs`` (a wheel or ``pip install .``)."""
+    source = Path(__file__).resolve().parents[1] / "configs"
+    if source.is_dir():
+        return source
+    import importlib.util
+
+    spec = importlib.util.find_spec("tubelet")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(loc) / "configs").is_dir():
+            return Path(loc) / "configs"
+    return source
+
+
+CONFIG_ROOT = _config_root()
+PRESET_SECTIONS = {"PretrainConfig": "pretrain", "FinetuneConfig": "finetune"}
+
+
+def preset_names(section: str) -> list[str]:
+    """Preset names of ``section`` (``pretrain`` / ``finetune``): ``configs/SECTION/*.yaml``
+    without the partial layers whose name starts with ``_``."""
+    return sorted(p.stem for p in (CONFIG_ROOT / section).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def resolve_preset(path: str | Path, section: str | None = None) -> Path:
+    """A config path as given, relative to the presets, or a preset *name* (``vit_b_k400``) of
+    ``section``; raises :class:`ConfigError` listing the presets when nothing matches."""
+    p = Path(path)
+    if section and p.suffix == "" and len(p.parts) == 1:
+        cand = CONFIG_ROOT / section / f"{p.name}.yaml"
+        if cand.is_file():
+            return cand
+        if not p.is_file():
+            raise ConfigError(f"--config: no preset {str(path)!r} for {section} (presets: "
+                              f"{', '.join(preset_names(section))}; or give a YAML path)")
+    return _resolve(path)
 
 
 class ConfigError(ValueError):
@@ -457,7 +493,10 @@ def from_dict(cls, doc: dict, prefix: str = ""):
 
 
 def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None):
-    """Load ``cls`` from a layered YAML file plus ``key=value`` overrides; validated."""
+    """Load ``cls`` from a layered YAML file (a path or a preset name) plus ``key=value``
+    overrides; validated."""
+    if path:
+        path = resolve_preset(path, PRESET_SECTIONS.get(cls.__name__))
     doc = load_yaml_layers(path) if path else {}
     doc = apply_overrides(doc, overrides or [])
     return from_dict(cls, doc)
