@@ -67,6 +67,7 @@ def test_cached_clips_equal_decoded_and_second_epoch_does_not_decode(shards, tmp
     again, loader2 = _train(cfg, 8)  # epochs 1-2 again from a warm cache: nothing decoded
     assert len(count_opens) == 0
     assert loader2.cache.hits == 16
+    assert loader.stats()["cached"] == 0 and loader2.stats()["cached"] == 16 == loader2.stats()["decoded"]
     for a, b in zip(plain, first + again[4:]):
         assert a["key"] == b["key"] and torch.equal(a["video"], b["video"])  # same seed, same clips
     for a, b in zip(first, again):
@@ -75,8 +76,10 @@ def test_cached_clips_equal_decoded_and_second_epoch_does_not_decode(shards, tmp
     # eval mode: cached views equal decoded views
     ev_plain = list(build_loader(small_cfg(val_shards=str(d)), "eval"))
     ecfg = small_cfg(val_shards=str(d), cache=str(tmp_path / "c"))
-    for _ in range(2):
-        ev = list(build_loader(ecfg, "eval"))
+    for cached in (8, 8):  # the same shards as the train runs above: their cache entries serve eval too
+        ev_loader = build_loader(ecfg, "eval")
+        ev = list(ev_loader)
+        assert ev_loader.stats()["cached"] == cached and ev_loader.stats()["decoded"] == 8
         assert [b["key"] for b in ev] == [b["key"] for b in ev_plain]
         assert all(torch.equal(a["video"], b["video"]) for a, b in zip(ev, ev_plain))
 
@@ -144,7 +147,12 @@ def test_workers_share_cache_and_ram_mode(shards, tmp_path, monkeypatch):
     first, loader = _train(cfg, 8)
     entries = list((tmp_path / "shm").rglob("*.npy"))
     assert len(entries) == 8  # written by two worker processes, each video once
-    second, _ = _train(cfg, 8)
+    second, loader2 = _train(cfg, 8)
+    # counted in the workers. First run: every video decoded at least once, and twice at most when
+    # both workers met it at the same moment (both miss; the atomic rename keeps one complete file)
+    misses = loader.stats()["decoded"] - loader.stats()["cached"]
+    assert 8 <= misses <= 16 and loader2.stats()["cached"] == 16
+    assert not list((tmp_path / "shm").rglob(".tmp-*"))
     for a, b, c in zip(plain, first, second):
         assert torch.equal(a["video"], b["video"]) and torch.equal(a["video"], c["video"])
     cache_mod.cleanup_ram_caches()  # what happens at exit

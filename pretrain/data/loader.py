@@ -172,6 +172,7 @@ class ClipStream(IterableDataset):
             for index, raw in enumerate(samples, start):
                 got += 1
                 pos["taken"], pos["rep"] = index + 1, 0
+                hits = self.cache.hits if self.cache is not None else 0
                 try:
                     frames, plans = plans_of(raw, k, index)
                 except SampleSkipped as e:
@@ -183,6 +184,8 @@ class ClipStream(IterableDataset):
                     continue
                 failures = 0
                 pos["decoded"] += 1
+                if self.cache is not None and self.cache.hits > hits:
+                    pos["cached"] = pos.get("cached", 0) + 1  # served from the decoded-clip cache
                 for r, plan in enumerate(plans):
                     pos["rep"] = r + 1
                     batch.add(frames, plan, raw.label, raw.key)
@@ -208,12 +211,15 @@ class ClipStream(IterableDataset):
 
         batch = _BatchBuilder(self.cfg, self._shared)
         for raw in eval_samples(self.urls, consumer, n_cons, lambda reason: _count(stats, reason)):
+            hits = self.cache.hits if self.cache is not None else 0
             try:
                 frames, plans = eval_plans(raw, self.cfg, self.num_clips, self.num_crops, cache=self.cache)
             except SampleSkipped as e:
                 _count(stats, e.reason)
                 continue
             stats["decoded"] += 1
+            if self.cache is not None and self.cache.hits > hits:
+                stats["cached"] = stats.get("cached", 0) + 1
             for plan in plans:
                 batch.add(frames, plan, raw.label, raw.key)
                 if batch.full():
@@ -310,13 +316,16 @@ class Loader:
         finally:
             for s in self._eval_live.values():
                 self._eval_done["decoded"] += s["decoded"]
+                if "cached" in s:
+                    self._eval_done["cached"] = self._eval_done.get("cached", 0) + s["cached"]
                 for r, n in s["skipped"].items():
                     self._eval_done["skipped"][r] = self._eval_done["skipped"].get(r, 0) + n
             self._eval_live = {}
 
     def stats(self) -> dict:
         """``{"decoded", "skipped", "skipped_by_reason"}`` over the batches consumed so far (train:
-        since the start of the run, resume included; eval: over all passes)."""
+        since the start of the run, resume included; eval: over all passes); with ``data.cache`` also
+        ``cached``: how many of the ``decoded`` samples came from the cache instead of the decoder."""
         if self.mode == "train":
             parts = self._roles
         else:
@@ -325,8 +334,11 @@ class Loader:
         for p in parts:
             for r, n in p["skipped"].items():
                 by_reason[r] = by_reason.get(r, 0) + n
-        return {"decoded": sum(p["decoded"] for p in parts), "skipped": sum(by_reason.values()),
-                "skipped_by_reason": dict(sorted(by_reason.items()))}
+        out = {"decoded": sum(p["decoded"] for p in parts), "skipped": sum(by_reason.values()),
+               "skipped_by_reason": dict(sorted(by_reason.items()))}
+        if self.cache is not None:
+            out["cached"] = sum(p.get("cached", 0) for p in parts)
+        return out
 
     def state_dict(self) -> dict:
         """Position after the last batch yielded (train); plain data, JSON/torch.save friendly."""
