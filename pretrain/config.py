@@ -123,7 +123,7 @@ class DataConfig:
     sampling: str = "stride"
     """Temporal sampling: ``stride`` (``num_frames`` frames ``sampling_rate`` apart at a random
     start) or ``segment`` (TSN/SSv2: ``num_frames`` equal segments over the whole video, one random
-    frame per segment in train, the middle one at test)."""
+    frame per segment in train, the middle one at test; ``sampling_rate`` / ``target_fps`` unused)."""
     randaug: str = ""
     """RandAugment applied identically to every frame of a clip, train mode only, timm syntax
     (VideoMAE fine-tuning: ``rand-m7-n4-mstd0.5-inc1``); empty: off."""
