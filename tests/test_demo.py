@@ -65,3 +65,21 @@ def test_smoke_runs_only_checks_it_can_pass():
 
     assert set(PRESETS["smoke"].checks) == {"pngs", "probe"}
     assert "headline" in PRESETS["full"].checks and "headline" not in PRESETS["quick"].checks
+
+
+def test_pretrained_and_scratch_vit_share_everything_but_the_init(tmp_path):
+    """Same architecture, init scheme and head: the scratch ViT's model.kwargs are the pretraining
+    encoder's (fine-tuning rebuilds the pretrained one from its run), and both fine-tunes get the
+    same overrides apart from --init and run.dir."""
+    from launch.demo import PRESETS, plan
+
+    for name in ("quick", "full"):
+        stages = {s.name: s.argv for s in plan(PRESETS[name], tmp_path)}
+        kw = next(a for a in stages["pretrain"] if a.startswith("model.kwargs="))
+        pt = stages[f"vit_pretrained_l100_s0"]
+        sc = stages[f"vit_scratch_l100_s0"]
+        assert f"model.kwargs={{{PRESETS[name].encoder_kw}}}" in sc
+        assert kw.startswith(f"model.kwargs={{{PRESETS[name].encoder_kw}")
+        strip = lambda argv: sorted(a for a in argv if not a.startswith(("run.dir=", "model.kwargs=", "--init"))
+                                    and "/pretrain" not in a)
+        assert strip(pt) == strip(sc)
