@@ -85,6 +85,10 @@ _RAM_LOCK = threading.Lock()
 def _cleanup() -> None:
     for d in list(_RAM_DIRS):
         shutil.rmtree(d, ignore_errors=True)
+        try:
+            os.rmdir(Path(d).parent)  # the per-user root, once no other run's cache is left in it
+        except OSError:
+            pass
     _RAM_DIRS.clear()
 
 
