@@ -105,7 +105,8 @@ def train_segment_indices(n: int, num_frames: int, rng: np.random.Generator) -> 
 def uniform_segment_indices(n: int, num_frames: int, num_clips: int) -> np.ndarray:
     """(num_clips, num_frames) int64: TSN test sampling, nothing random. One clip takes the middle
     frame of every segment (``lo + len // 2``); clip ``k`` of ``K`` takes the frame at ``(k + 1/2) / K``
-    of each segment (K views spread evenly inside the segments, like VideoMAE's SSv2 test views)."""
+    of each segment (K views spread evenly inside the segments; VideoMAE's 2 SSv2 test views take the
+    segment starts and middles instead, i.e. offsets 0 and 1/2 rather than 1/4 and 3/4)."""
     b = segment_bounds(n, num_frames)
     length = (b[:, 1] - b[:, 0] + 1).astype(np.float64)
     frac = (np.arange(num_clips, dtype=np.float64) + 0.5) / num_clips
