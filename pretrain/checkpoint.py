@@ -157,6 +157,7 @@ def save_checkpoint(runtime, run_dir: str | Path, step: int, trainer_state: dict
     """
     root = checkpoint_root(run_dir)
     final, tmp = root / step_name(step), root / f".tmp-{step_name(step)}"
+    signature = runtime.model_signature() if hasattr(runtime, "model_signature") else None
     if not runtime.params_finite():
         previous = find_latest(run_dir) if runtime.is_main else None
         raise CheckpointError(f"refusing to checkpoint step {step}: the model has non-finite parameters "
@@ -192,6 +193,8 @@ def save_checkpoint(runtime, run_dir: str | Path, step: int, trainer_state: dict
     if not failed and runtime.is_main:
         try:
             marker = {"step": step, "world_size": runtime.world_size, "files": _file_sizes(tmp)}
+            if signature is not None:
+                marker["model"] = signature
             with open(tmp / MARKER, "w") as f:
                 json.dump(marker, f, indent=1)
                 f.flush()
@@ -237,16 +240,41 @@ def _prune(run_dir: Path, keep_last: int) -> None:
 # ---- loading ---------------------------------------------------------------------------
 
 
-def load_checkpoint(runtime, path: Path) -> tuple[dict, dict]:
-    """Restore model/optimizer from ``path``; return ``(trainer_state, this rank's rank_state)``."""
+def load_checkpoint(runtime, path: Path, elastic: bool = False) -> tuple[dict, dict]:
+    """Restore model/optimizer from ``path``; return ``(trainer_state, this rank's rank_state)``.
+
+    A checkpoint of another model (parameter names/shapes differ) is refused naming both. With
+    the same number of processes the resume is exact. With a different number, ``elastic=True``
+    restores the world-size-free state (see the module docstring) and returns
+    ``{"elastic_from": M, "loaders": [loader state of old rank 0..M-1]}`` instead of a rank state
+    (there is no RNG state to restore); ``elastic=False`` refuses.
+    """
     try:
         marker = json.loads((path / MARKER).read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a complete checkpoint ({e})") from e
-    if marker.get("world_size") != runtime.world_size:
-        raise CheckpointError(f"{path} was written by {marker.get('world_size')} process(es) but this run has "
+    sig = marker.get("model")
+    if sig is not None and hasattr(runtime, "model_signature"):
+        mine = runtime.model_signature()
+        if sig != mine:
+            raise CheckpointError(f"{path} holds another model ({sig['tensors']} tensors, {sig['numel']} values, "
+                                  f"digest {sig['digest']}) than this run builds ({mine['tensors']} tensors, "
+                                  f"{mine['numel']} values, digest {mine['digest']}); check model.* or use a new "
+                                  f"run.dir")
+    saved = marker.get("world_size")
+    if saved != runtime.world_size and not elastic:
+        raise CheckpointError(f"{path} was written by {saved} process(es) but this run has "
                               f"{runtime.world_size}: exact resume needs the same number (or use a new run.dir)")
-    runtime.load(path)
     trainer_state = json.loads((path / "trainer.json").read_text())
-    rank_state = torch.load(path / f"rank{runtime.rank:05d}.pt", map_location="cpu", weights_only=True)
-    return trainer_state, rank_state
+    if saved == runtime.world_size:
+        runtime.load(path)
+        rank_state = torch.load(path / f"rank{runtime.rank:05d}.pt", map_location="cpu", weights_only=True)
+        return trainer_state, rank_state
+    try:
+        runtime.load_elastic(path)
+    except RuntimeError as e:
+        raise CheckpointError(f"cannot resume {path} (written by {saved} process(es)) with {runtime.world_size}: "
+                              f"{e}") from e
+    loaders = [torch.load(path / f"rank{r:05d}.pt", map_location="cpu", weights_only=True)["loader"]
+               for r in range(int(saved))]
+    return trainer_state, {"elastic_from": int(saved), "loaders": loaders}

@@ -187,3 +187,25 @@ def apply_launcher_env(dist, environ: Mapping[str, str]):
         if getattr(dist, k) != v:
             notes.append(f"dist.{k}={v!r} (from accelerate launch)")
     return dataclasses.replace(dist, **changes), notes
+
+
+def check_launch_layout(environ: Mapping[str, str]) -> None:
+    """Fail fast when the nodes of one job were launched with different process counts.
+
+    torchrun's agents (one per node) add up the processes every node brings, so a node started
+    with another ``--num_processes`` / ``--num_machines`` silently changes the world size (and
+    the batch arithmetic) instead of failing. Every node of an ``accelerate launch`` job runs the
+    same number of processes: ``WORLD_SIZE == nodes x LOCAL_WORLD_SIZE``, and accelerate's
+    ``num_processes`` (exported as ``ACCELERATE_NUM_PROCESSES`` when known) must equal it.
+    """
+    try:
+        world = int(environ["WORLD_SIZE"])
+        local = int(environ["LOCAL_WORLD_SIZE"])
+        nodes = int(environ["GROUP_WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return  # not started by torchrun's agent: nothing to compare
+    if world != nodes * local:
+        raise ConfigError(f"the nodes were launched with different numbers of processes: {world} in total over "
+                          f"{nodes} node(s), but this node runs {local}; give every node the same "
+                          f"--num_processes (total) and --num_machines")
+

@@ -34,13 +34,17 @@ import torch
 import torch.distributed as tdist
 import torch.nn as nn
 
-from pretrain.dist_config import (apply_launcher_env, check_dist, load_template, resolve_precision,
-                                  to_deepspeed_config)
+from pretrain.dist_config import (apply_launcher_env, check_dist, check_launch_layout, load_template,
+                                  resolve_precision, to_deepspeed_config)
 from pretrain.optim import build_optimizer
 
 __all__ = ["Runtime", "StepResult", "init_runtime", "to_deepspeed_config"]
 
 DS_TAG = "ds"  # DeepSpeed's sub-directory inside one of our checkpoint directories
+ELASTIC_FILE = "elastic.pt"
+"""World-size-free model + optimizer state written next to DeepSpeed's sharded files (ZeRO 1-3):
+``{"format": 1, "step", "params": {name: fp32 master}, "buffers": {name: tensor},
+"state": {key: {name: full tensor}}}`` with the AdamW moments (``exp_avg``, ``exp_avg_sq``)."""
 
 
 @dataclass
@@ -122,6 +126,27 @@ class Runtime:
         tdist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
         return box[0]
 
+    def all_gather_object(self, obj) -> list:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if self.world_size == 1:
+            return [obj]
+        out = [None] * self.world_size
+        tdist.all_gather_object(out, obj)
+        return out
+
+    def weights_digest(self) -> Optional[str]:
+        """sha256 of this rank's model parameters and buffers (None under ZeRO-3, whose ranks
+        hold different partitions)."""
+        if getattr(self.dist, "deepspeed", False) and self.dist.zero_stage == 3:
+            return None
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, t in sorted(self.module.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
     def close(self) -> None:
         """Leave the process group (no barrier: also safe after an error on one rank)."""
         if tdist.is_available() and tdist.is_initialized():
@@ -182,6 +207,23 @@ class Runtime:
         """fp32 state dict of the whole model from the checkpoint in ``directory`` (rank 0; else None)."""
         raise NotImplementedError
 
+    # ---- elastic resume (another number of processes) ------------------------------------
+    def load_elastic(self, directory: Path) -> None:
+        """Model + optimizer state from a checkpoint written by a different number of processes
+        (all ranks call); raises RuntimeError naming what is missing."""
+        raise NotImplementedError
+
+    def model_signature(self) -> dict:
+        """Parameter count and a digest of every parameter/buffer name and shape: what a
+        checkpoint must match to be loaded into this model."""
+        import hashlib
+
+        items = [(n, tuple(getattr(p, "ds_shape", p.shape))) for n, p in self.module.named_parameters()]
+        items += [(n, tuple(b.shape)) for n, b in self.module.named_buffers()]
+        digest = hashlib.sha256(repr(sorted(items)).encode()).hexdigest()[:16]
+        numel = sum(math.prod(s) for n, s in items)
+        return {"tensors": len(items), "numel": int(numel), "digest": digest}
+
 
 def _grad_norm(params) -> float:
     grads = [p.grad for p in params if p.grad is not None]
@@ -237,8 +279,9 @@ class TorchRuntime(Runtime):
     def load(self, directory):
         from safetensors.torch import load_file
 
-        self.module.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(self.device)))
-        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=self.device,
+        dev = "cpu" if self.device.type == "cpu" else str(self.device)  # safetensors refuses "cpu:1"
+        self.module.load_state_dict(load_file(str(directory / "model.safetensors"), device=dev))
+        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=dev,
                                                   weights_only=True))
 
     def full_state_dict(self, directory):
@@ -246,6 +289,15 @@ class TorchRuntime(Runtime):
             return None
         return {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
                 for k, v in self.module.state_dict().items()}
+
+    def load_elastic(self, directory):
+        if (directory / "model.safetensors").is_file():
+            self.load(directory)  # the full model and the full optimizer: any number of processes
+            return
+        if (directory / ELASTIC_FILE).is_file():  # written by a DeepSpeed run: DeepSpeed -> DDP
+            _load_elastic_blob_torch(self, directory / ELASTIC_FILE)
+            return
+        raise RuntimeError(f"{directory} holds neither model.safetensors nor {ELASTIC_FILE}")
 
 
 class DeepSpeedRuntime(Runtime):
@@ -303,6 +355,119 @@ class DeepSpeedRuntime(Runtime):
 
     def save(self, directory):
         self.engine.save_checkpoint(str(directory), tag=DS_TAG, client_state={}, save_latest=False)
+        if getattr(self.dist, "elastic", True) and not self._raw_optimizer:
+            blob = self._gather_elastic()  # collective: every rank takes part, rank 0 writes
+            if self.is_main:
+                torch.save(blob, directory / ELASTIC_FILE)
+
+    # ---- world-size-free state (elastic resume) ----------------------------------------------
+    def _flat_partitions(self) -> list:
+        """The optimizer's fp32 flat partitions (the keys of the torch AdamW state)."""
+        opt = self.engine.optimizer
+        for attr in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups", "fp32_groups_flat_partition"):
+            if hasattr(opt, attr):
+                return list(getattr(opt, attr))
+        raise RuntimeError(f"unknown DeepSpeed optimizer wrapper {type(opt).__name__}")
+
+    def _link_optimizer_fragments(self) -> None:
+        """(Re)point ZeRO-1/2 / bf16 parameter fragments at the AdamW state tensors (DeepSpeed
+        links them lazily; the fragment getters/setters need them)."""
+        opt = self.engine.optimizer
+        if hasattr(opt, "_lazy_init_hp_params_optimizer_state"):
+            opt._hp_optimizer_states_linked = False
+            opt._lazy_init_hp_params_optimizer_state()
+
+    def _trainable(self):
+        return [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+
+    def _gather_elastic(self) -> dict:
+        """Full fp32 masters and AdamW moments of every parameter (collective; rank 0 keeps them)."""
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+        base = self.engine.optimizer.optimizer
+        flats = self._flat_partitions()
+        state0 = base.state.get(flats[0], {}) if flats else {}
+        keys = sorted(k for k, v in state0.items() if torch.is_tensor(v) and v.shape == flats[0].shape)
+        # every rank's partitions hold the same keys; agree on them explicitly all the same
+        keys = self.broadcast_object(keys)
+        if keys:
+            self._link_optimizer_fragments()
+        step = state0.get("step") if state0 else None
+        step = self.broadcast_object(float(step) if step is not None else None)
+        blob = {"format": 1, "step": step, "params": {}, "state": {k: {} for k in keys},
+                "buffers": {n: b.detach().cpu().clone() for n, b in self.module.named_buffers()}}
+        for name, p in self._trainable():
+            full = safe_get_full_fp32_param(p)
+            if self.is_main:
+                blob["params"][name] = full.detach().float().cpu().clone()
+            for k in keys:
+                full = safe_get_full_optimizer_state(p, k)
+                if self.is_main:
+                    blob["state"][k][name] = full.detach().float().cpu().clone()
+        return blob
+
+    def load_elastic(self, directory):
+        if self._raw_optimizer:
+            # fp32 ZeRO-0: DeepSpeed's model file holds the full model and optimizer (no shards)
+            self.load(directory)
+            return
+        if not (directory / ELASTIC_FILE).is_file():
+            raise RuntimeError(f"{directory} has no {ELASTIC_FILE} (written with dist.elastic=false, or by an older "
+                               f"version): its ZeRO-{self.dist.zero_stage} optimizer shards only load with the "
+                               f"number of processes that wrote them")
+        import deepspeed
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+        blob = torch.load(directory / ELASTIC_FILE, map_location="cpu", weights_only=True)
+        named = self._trainable()
+        missing = [n for n, _ in named if n not in blob["params"]]
+        if missing or len(named) != len(blob["params"]):
+            raise RuntimeError(f"{directory / ELASTIC_FILE} does not fit this model (missing {missing[:4]})")
+        # 1. the model's (low-precision) weights and buffers
+        params = [p for _, p in named]
+        with torch.no_grad():
+            if self.dist.zero_stage == 3:
+                with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+                    if self.is_main:
+                        for n, p in named:
+                            p.data.copy_(blob["params"][n].to(p.dtype))
+            else:
+                for n, p in named:
+                    p.data.copy_(blob["params"][n].to(p.device, p.dtype))
+            for n, b in self.module.named_buffers():
+                if n in blob["buffers"]:
+                    b.copy_(blob["buffers"][n].to(b.device, b.dtype))
+        # 2. the optimizer: create AdamW's (lazy) state on the flat partitions, then fill it
+        keys = sorted(blob["state"])
+        if keys:
+            base = self.engine.optimizer.optimizer
+            for flat in self._flat_partitions():
+                st = base.state[flat]
+                st["step"] = torch.tensor(float(blob["step"]), dtype=torch.float32)
+                for k in keys:
+                    if k not in st:
+                        st[k] = torch.zeros_like(flat)
+            self._link_optimizer_fragments()
+        for n, p in named:
+            if self.dist.zero_stage == 3:  # DeepSpeed's setter overruns the padded last partition
+                self._set_z3_partition(p, blob["params"][n], None)
+                for k in keys:
+                    self._set_z3_partition(p, blob["state"][k][n], k)
+                continue
+            safe_set_full_fp32_param(p, blob["params"][n].to(self.device))
+            for k in keys:
+                safe_set_full_optimizer_state(p, blob["state"][k][n].to(self.device), k)
+
+    def _set_z3_partition(self, p, full: torch.Tensor, key) -> None:
+        """This rank's slice of ``full`` into ZeRO-3's fp32 master (key None) or AdamW state ``key``."""
+        opt = self.engine.optimizer
+        frag, _ = opt._get_fp32_opt_state_partition(p, release_swap_buffers=False, optim_state_key=key)
+        flat = full.flatten().to(frag.device, frag.dtype)
+        start = frag.numel() * opt._get_param_partition_rank(p)
+        take = max(0, min(frag.numel(), flat.numel() - start))
+        with torch.no_grad():
+            frag.zero_()
+            frag[:take].copy_(flat[start:start + take])
 
     def load(self, directory):
         path, _ = self.engine.load_checkpoint(str(directory), tag=DS_TAG, load_module_strict=True,
@@ -341,6 +506,25 @@ class _DeepSpeedMicroStep:
         return False
 
 
+def _load_elastic_blob_torch(rt: "TorchRuntime", path: Path) -> None:
+    """A DeepSpeed run's world-size-free state into a plain torch model + AdamW."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    names = {id(p): n for n, p in rt.module.named_parameters()}
+    with torch.no_grad():
+        for n, p in rt.module.named_parameters():
+            if n in blob["params"]:
+                p.copy_(blob["params"][n].to(p.device, p.dtype))
+        for n, b in rt.module.named_buffers():
+            if n in blob["buffers"]:
+                b.copy_(blob["buffers"][n].to(b.device, b.dtype))
+    for group in rt.optimizer.param_groups:
+        for p in group["params"]:
+            n = names[id(p)]
+            if blob["state"] and n in blob["state"].get("exp_avg", {}):
+                rt.optimizer.state[p] = {"step": torch.tensor(float(blob["step"]), dtype=torch.float32),
+                                         **{k: v[n].to(p.device).clone() for k, v in blob["state"].items()}}
+
+
 def _unshare(sd: dict) -> dict:
     """safetensors refuses tensors that share storage: clone the repeats."""
     seen, out = set(), {}
@@ -364,6 +548,7 @@ def init_runtime(dist_cfg, optim_cfg, micro_batch: int, environ=None) -> Runtime
     environ = os.environ if environ is None else environ
     dist_cfg, notes = apply_launcher_env(dist_cfg, environ)
     check_dist(dist_cfg)
+    check_launch_layout(environ)
     cpu = not torch.cuda.is_available()
     if cpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before anything imports deepspeed
@@ -378,6 +563,9 @@ def init_runtime(dist_cfg, optim_cfg, micro_batch: int, environ=None) -> Runtime
             raise ConfigError(f"dist.deepspeed: DeepSpeed is not importable ({e})") from e
     from accelerate import PartialState
 
-    state = PartialState(cpu=cpu)
+    from datetime import timedelta
+
+    # a bounded wait in every collective: a rank whose peer died fails instead of hanging
+    state = PartialState(cpu=cpu, timeout=timedelta(seconds=float(getattr(dist_cfg, "timeout_s", 600.0))))
     cls = DeepSpeedRuntime if dist_cfg.deepspeed else TorchRuntime
     return cls(state, dist_cfg, optim_cfg, micro_batch, notes)

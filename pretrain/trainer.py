@@ -137,13 +137,45 @@ class Trainer:
         if rt.is_main and read_pointer(self.run_dir) != Path(path).name:
             self._log(f"note: checkpoints/latest names {read_pointer(self.run_dir)!r}, not the newest complete "
                       f"checkpoint {Path(path).name} (interrupted save or damaged pointer); using the latter")
-        state, rank_state = load_checkpoint(rt, Path(path))
+        state, rank_state = load_checkpoint(rt, Path(path), elastic=bool(getattr(rt.dist, "elastic", True)))
         self.step = self._last_saved = int(state["step"])
         self.history = state["history"]
         self.counters = state["counters"]
         self._interval = state["interval"]
+        if state.get("base_lr") is not None and state["base_lr"] != self.base_lr:
+            # the LR schedule continues unchanged (also when the number of processes changed)
+            self._log(f"note: base LR {state['base_lr']:.6g} from the checkpoint (this layout's rule would give "
+                      f"{self.base_lr:.6g})")
+            self.base_lr = float(state["base_lr"])
         self._log(f"resumed from {path} at step {self.step}")
+        if "elastic_from" in rank_state:
+            self._elastic_banner(rank_state["elastic_from"], state.get("layout") or {})
+            # no RNG state exists for this layout: a fresh per-rank stream, distinct from the first run's
+            seed_everything(_rank_seed(self.run.seed + 104_729 * (self.step + 1), rt.rank))
+            return {"loader": {"relayout": rank_state["loaders"]}}
         return rank_state
+
+    def _elastic_banner(self, old_world: int, old: dict) -> None:
+        rt = self.runtime
+        old_total = old.get("total_batch")
+        lines = [f"ELASTIC RESUME: the checkpoint was written by {old_world} process(es), this run has "
+                 f"{rt.world_size}; model, optimizer moments, step and LR schedule continue; the data stream "
+                 f"continues from the global shard position; masks/augmentation draw new random numbers"]
+        if old_total is not None and old_total != rt.total_batch:
+            fix = old_total / (rt.micro_batch * rt.world_size)
+            hint = (f"set dist.grad_accum={int(fix)} to keep it" if fix == int(fix) and fix >= 1 else
+                    "no integer dist.grad_accum keeps it with this data.batch_size")
+            lines.append(f"WARNING: the effective batch changes from {old_total} (= {old.get('micro_batch')} x "
+                         f"{old.get('grad_accum')} x {old_world}) to {rt.total_batch} (= {rt.micro_batch} x "
+                         f"{rt.grad_accum} x {rt.world_size}); {hint}")
+        elif old_total is not None:
+            lines.append(f"effective batch unchanged: {rt.total_batch}")
+        if rt.is_main:
+            import sys
+
+            for line in lines:
+                print(f"[tubelet] {line}", flush=True)
+                print(f"[tubelet] {line}", file=sys.stderr, flush=True)
 
     def _start_outputs(self) -> None:
         rt = self.runtime
@@ -183,7 +215,7 @@ class Trainer:
         self._banner()
         self.loader = self.make_loader(rank_state["loader"] if rank_state else None)
         batches = iter(self.loader)
-        if rank_state:
+        if rank_state and rank_state.get("rng") is not None:
             restore_rng(rank_state["rng"])
         bar = None
         if rt.is_main and run.progress:
@@ -321,8 +353,11 @@ class Trainer:
 
     def save(self) -> Path:
         """Checkpoint the current step (all ranks call)."""
+        rt = self.runtime
         trainer_state = {"step": self.step, "history": self.history, "counters": self.counters,
-                         "interval": self._interval}
+                         "interval": self._interval, "base_lr": self.base_lr,
+                         "layout": {"world_size": rt.world_size, "micro_batch": rt.micro_batch,
+                                    "grad_accum": rt.grad_accum, "total_batch": rt.total_batch}}
         rank_state = {"rng": capture_rng(), "loader": self.loader.state_dict()}
         path = save_checkpoint(self.runtime, self.run_dir, self.step, trainer_state, rank_state, self.run.keep_last)
         self._last_saved = self.step
@@ -331,6 +366,12 @@ class Trainer:
     def _finish(self) -> None:
         """``final/model.safetensors`` + ``config.json`` from the last checkpoint; loss curve."""
         rt = self.runtime
+        digests = rt.all_gather_object(rt.weights_digest())
+        if digests[0] is not None and len(digests) > 1:
+            if len(set(digests)) == 1:
+                self._log(f"weights identical on all {len(digests)} ranks (sha256 {digests[0][:16]})")
+            else:
+                self._log(f"WARNING: the ranks' weights differ: {[d[:16] for d in digests]}")
         last = rt.broadcast_object(str(find_latest(self.run_dir)) if rt.is_main else None)
         sd = rt.full_state_dict(Path(last))
         if rt.is_main:

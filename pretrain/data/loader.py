@@ -35,7 +35,7 @@ from pretrain.config import ConfigError, DataConfig
 from pretrain.data.clips import ClipPlan, SampleSkipped, eval_plans, train_plans
 from pretrain.data.flow import farneback_flow
 from pretrain.data.shards import read_classes
-from pretrain.data.stream import TrainOrder, eval_samples, list_shards, manifest_num_samples
+from pretrain.data.stream import ROUND_SHARDS, TrainOrder, eval_samples, list_shards, manifest_num_samples
 
 STATE_VERSION = 1
 MAX_CONSECUTIVE_FAILURES = 1000
@@ -350,6 +350,9 @@ class Loader:
         """Continue from ``state`` (of a loader built with the same data, seed, rank layout)."""
         if self.mode != "train":
             return  # eval passes always start at the beginning
+        if "relayout" in state:  # saved by another number of ranks (elastic resume)
+            self._relayout(state["relayout"])
+            return
         if state.get("version") != STATE_VERSION or state.get("mode") != "train":
             raise ValueError(f"loader state: expected a train state of version {STATE_VERSION}, got "
                              f"version={state.get('version')} mode={state.get('mode')}")
@@ -363,6 +366,50 @@ class Loader:
                                  "exact resume needs the same value")
         self._batches = int(state["batches"])
         self._roles = copy.deepcopy(state["roles"])
+
+    def _relayout(self, olds: list[dict]) -> None:
+        """Positions for this rank from the train states of *all* ranks of a run with another
+        rank and/or worker layout (``state={"relayout": [state of rank 0, 1, ...]}``).
+
+        Guarantee: the shard sequence of every epoch is one seeded permutation whatever the
+        layout, and consumer ``c`` of ``N`` reads its positions ``c, c+N, ...`` in rounds of
+        ``P = min(ROUND_SHARDS, shards)``. ``G`` = the first global position that some old consumer
+        had not finished (the start of its current round): every sample before ``G`` went into a
+        consumed batch. Each new consumer restarts at the start of the round holding its first
+        position ``>= G - P*N'``, so every position ``>= G`` is read by exactly one new consumer and
+        nothing is skipped; positions in ``[G - P*N', G)`` and the rounds the old consumers were in
+        the middle of may be read a second time (at most about one round per consumer, old and
+        new). Augmentation draws differ from any single-layout run.
+        """
+        if not olds:
+            raise ValueError("loader state: relayout without the saved states")
+        n_old = len(olds) * max(1, int(olds[0].get("num_roles", 1)))
+        for st in olds:
+            if st.get("version") != STATE_VERSION or st.get("mode") != "train":
+                raise ValueError(f"loader state: expected train states of version {STATE_VERSION}")
+            for k, mine, name in (("seed", self.seed, "seed"), ("num_shards", len(self.urls),
+                                                                "number of shards in data.shards")):
+                if st.get(k) != mine:
+                    raise ValueError(f"loader state: {name} was {st.get(k)} when saved, is {mine} now; "
+                                     "resume needs the same value")
+        per = max(1, min(ROUND_SHARDS, len(self.urls)))
+        start = min(st["rank"] * st["num_roles"] + role + pos["round"] * per * n_old
+                    for st in olds for role, pos in enumerate(st["roles"]))
+        n_new = self.world_size * self.num_roles
+        self._roles = []
+        for role in range(self.num_roles):
+            c = self.rank * self.num_roles + role
+            pos = _fresh_position()
+            pos["round"] = max(0, (start - c) // (per * n_new))
+            self._roles.append(pos)
+        if self.rank == 0:  # the run's decode/skip counters continue (summed over ranks anyway)
+            for st in olds:
+                for pos in st["roles"]:
+                    self._roles[0]["decoded"] += pos["decoded"]
+                    for r, n in pos["skipped"].items():
+                        self._roles[0]["skipped"][r] = self._roles[0]["skipped"].get(r, 0) + n
+        self._batches = sum(int(st["batches"]) for st in olds) // self.world_size  # the epoch continues
+        self.relayout_from = {"ranks": len(olds), "consumers": n_old, "position": start}
 
 
 def build_loader(cfg: DataConfig, mode: str, *, shards: str | None = None, rank: int = 0, world_size: int = 1,
