@@ -45,6 +45,29 @@ class HeadConfig:
 
 
 @dataclass
+class FinetuneRunConfig(RunConfig):
+    """Run directory, length (steps or epochs), checkpoints, logging, and the recipe's published batch."""
+
+    epochs: float = 0.0
+    """Length in epochs (VideoMAE's ``--epochs``); > 0 replaces ``run.max_steps`` (0: use it; a smoke
+    run of an epoch preset sets ``run.epochs=0 run.max_steps=N``). One epoch = ``steps_per_epoch =
+    data.num_videos // videos_per_step`` optimizer steps, ``videos_per_step = data.batch_size x
+    dist.grad_accum x world size / data.num_repeats`` (VideoMAE: ``len(dataset) // total_batch``,
+    total_batch counted in videos, each giving ``--num_sample`` clips); ``max_steps = int(epochs x
+    steps_per_epoch)``. E.g. K400 240000 videos at 512 videos/step: 468 steps/epoch, 75 epochs = 35100
+    steps. Printed at the start and recorded in ``recipe.json``."""
+    published_batch: int = 0
+    """Videos per optimizer step of the published recipe this preset reproduces (0: none stated). A
+    run whose videos per step differ says so loudly at the start (stdout and stderr) and records it
+    in ``recipe.json``; the LR still follows the rule (``optim.blr x videos / 256``)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.epochs >= 0, "run.epochs", f"must be >= 0, got {self.epochs}")
+        _check(self.published_batch >= 0, "run.published_batch", f"must be >= 0, got {self.published_batch}")
+
+
+@dataclass
 class EvalConfig:
     """Validation during training and the final multi-view evaluation."""
 
@@ -70,8 +93,8 @@ class FinetuneConfig:
     """Optimizer and schedule (VideoMAE fine-tune recipe: blr 1e-3, layer decay 0.75)."""
     dist: DistConfig = field(default_factory=DistConfig)
     """Distribution."""
-    run: RunConfig = field(default_factory=RunConfig)
-    """Run directory and length."""
+    run: FinetuneRunConfig = field(default_factory=FinetuneRunConfig)
+    """Run directory and length (``run.epochs`` / ``optim.warmup_epochs`` with ``data.num_videos``)."""
     head: HeadConfig = field(default_factory=HeadConfig)
     """Head, probes and regularisation."""
     eval: EvalConfig = field(default_factory=EvalConfig)

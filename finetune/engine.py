@@ -9,9 +9,13 @@
 imported one (Hugging Face / original VideoMAE); loading asserts the exact key set and says what it
 loaded. Without ``--init`` the encoder starts from scratch. ``model.name`` may also name a baseline
 (``finetune.baselines.list_baselines()``). Same runtime as pretraining: DeepSpeed or plain torch,
-checkpoints, exact resume, metrics, progress bar. At the end the model is evaluated on
-``data.val_shards`` with K clips × C crops per video; ``eval.json``, ``confusion.png`` and
-``results.json`` (for ``tubelet compare``) land in ``run.dir``.
+checkpoints, exact resume, metrics, progress bar. Length and warmup may be given in epochs
+(``run.epochs``, ``optim.warmup_epochs`` with ``data.num_videos`` or the shards' manifest; see
+``pretrain.recipe``): the arithmetic is printed at the start and written to ``recipe.json``, with a
+loud warning when the videos per step differ from ``run.published_batch``. At the end the model is
+evaluated on ``data.val_shards`` with K clips × C crops per video (per-view and per-video top-1 /
+top-5); ``eval.json``, ``scores.npy`` + ``scores_keys.json``, ``confusion.png`` and ``results.json``
+(for ``tubelet compare``) land in ``run.dir``.
 """
 
 from __future__ import annotations
@@ -256,9 +260,10 @@ def _labels_per_class(shards: str, num_classes: int) -> float | None:
 def finetune(cfg: FinetuneConfig) -> dict:
     """Train ``cfg`` (resuming when possible), evaluate on ``data.val_shards``; returns results."""
     from finetune.baselines import BASELINE_INFO, count_params, gflops_per_clip
-    from finetune.evaluate import evaluate_model, save_confusion_png
+    from finetune.evaluate import evaluate_model, report_lines, save_confusion_png
     from pretrain.data.loader import build_loader
     from pretrain.optim import param_groups
+    from pretrain.recipe import apply_recipe
     from pretrain.runtime import init_runtime
     from pretrain.trainer import Trainer, seed_everything
 
@@ -283,6 +288,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
             print(f"[tubelet] {cfg.model.name} ({'baseline' if baseline else cfg.head.kind}), init: {how}; "
                   f"{params / 1e6:.2f} M params, {num_classes} classes"
                   + (f", layer decay {layer_decay}" if layer_decay < 1 else ""), flush=True)
+        # epochs -> steps (run.epochs, optim.warmup_epochs), printed and written to recipe.json
+        recipe = apply_recipe(cfg, rt, epochs=cfg.run.epochs, published_batch=cfg.run.published_batch)
         rt.setup(model, param_groups(model, cfg.optim.weight_decay, layer_decay))
 
         def make_loader(state):
@@ -317,7 +324,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
                    "init": "scratch" if how == "scratch" else "pretrained", "init_from": cfg.init or None,
                    "head": "baseline" if baseline else cfg.head.kind, "params": params, "gflops_per_clip": gflops,
                    "labels_per_class": _labels_per_class(cfg.data.shards, num_classes), "seed": cfg.run.seed,
-                   "steps": trainer.step, "num_classes": num_classes}
+                   "steps": trainer.step, "num_classes": num_classes,
+                   "clips_per_step": recipe["clips_per_step"], "videos_per_step": recipe["videos_per_step"],
+                   "base_lr": trainer.base_lr, "recipe": recipe}
         cps = [r["clips_per_s"] for r in history if r.get("clips_per_s")]
         results["train_clips_per_s"] = sum(cps) / len(cps) if cps else None
         losses = [r["loss"] for r in history if r.get("loss") is not None]
@@ -326,15 +335,19 @@ def finetune(cfg: FinetuneConfig) -> dict:
             summary = evaluate_model(rt.module, cfg.data, cfg.data.val_shards, num_classes,
                                      num_clips=cfg.data.test_num_clips, num_crops=cfg.data.test_num_crops,
                                      rank=rt.rank, world_size=rt.world_size, device=rt.device, class_names=classes,
-                                     progress=cfg.run.progress, forward=classifier_forward)
+                                     progress=cfg.run.progress, forward=classifier_forward,
+                                     scores_dir=cfg.run.dir)
             results.update(top1=summary["top1"], top5=summary["top5"], eval_videos=summary["num_videos"],
                            eval_views=cfg.data.test_num_clips * cfg.data.test_num_crops,
-                           mean_class_accuracy=summary["mean_class_accuracy"])
+                           mean_class_accuracy=summary["mean_class_accuracy"], view_top1=summary["view_top1"],
+                           view_top5=summary["view_top5"], eval_protocol=summary["protocol"])
             if rt.is_main:
                 run_dir = Path(cfg.run.dir)
                 summary["shards"] = cfg.data.val_shards
                 (run_dir / "eval.json").write_text(json.dumps(summary, indent=1))
                 save_confusion_png(summary, run_dir / "confusion.png", title=cfg.model.name)
+                for line in report_lines(summary):
+                    print(f"[tubelet] {line}", flush=True)
                 print(f"[tubelet] {cfg.model.name} ({results['init']}): top-1 {100 * summary['top1']:.2f}%  "
                       f"top-5 {100 * summary['top5']:.2f}%  on {summary['num_videos']} videos "
                       f"x {results['eval_views']} views", flush=True)

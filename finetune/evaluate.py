@@ -5,7 +5,15 @@
 
 Every test video is counted exactly once across processes and loader workers (the loader's eval mode
 splits samples; the gathered per-video records are checked for duplicates and view counts).
-Writes ``eval.json`` (top-1, top-5, per-class accuracy, confusion matrix, counts) and ``confusion.png``.
+
+Two accuracies are reported, as VideoMAE does: *per view* (each clip x crop scored alone;
+``view_top1`` / ``view_top5`` over ``num_views``) and *per video* (the softmax scores of a video's
+views averaged, then ranked; ``top1`` / ``top5`` over ``num_videos``). ``protocol`` says how the views
+were taken ("5 clips x 3 crops, softmax average").
+Writes ``eval.json`` (both accuracies, per-class accuracy, confusion matrix, counts, protocol),
+``confusion.png`` and the per-video scores: ``scores.npy`` (float32, videos x classes, the views'
+mean softmax, rows in sorted key order) with ``scores_keys.json`` (``keys``, ``labels``,
+``class_names``, ``protocol``); ``scores.npy[i].argmax()`` is video ``keys[i]``'s top-1 prediction.
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ def collect_scores(model, loader, mean, std, device="cpu", autocast_dtype=None, 
                    max_videos: int = 0, forward=None) -> dict[str, dict]:
     """Run ``model`` over an eval loader and sum softmax scores per video key.
 
-    Returns ``{key: {"scores": float64 (num_classes,) sum over views, "views": int, "label": int}}``.
+    Returns ``{key: {"scores": float64 (num_classes,) sum over views, "views": int, "label": int,
+    "view_top1": int, "view_top5": int}}`` (the last two: views whose own softmax ranks the label
+    first / in the top 5).
     ``forward(model, batch, video)`` may replace ``model(video)`` (e.g. two-stream models needing flow).
     """
     from pretrain.data.transforms import normalize_on_device
@@ -42,12 +52,16 @@ def collect_scores(model, loader, mean, std, device="cpu", autocast_dtype=None, 
             logits = forward(model, batch, video) if forward is not None else model(video)
         probs = logits.float().softmax(-1).double().cpu().numpy()
         for key, label, p in zip(batch["key"], batch["label"].tolist(), probs):
+            order = np.argsort(-p, kind="stable")
+            hit1, hit5 = int(order[0] == label), int(label in order[:5])
             rec = out.get(key)
             if rec is None:
-                out[key] = {"scores": p.copy(), "views": 1, "label": int(label)}
+                out[key] = {"scores": p.copy(), "views": 1, "label": int(label), "view_top1": hit1, "view_top5": hit5}
             else:
                 rec["scores"] += p
                 rec["views"] += 1
+                rec["view_top1"] += hit1
+                rec["view_top5"] += hit5
         if progress is not None:
             progress.update(len(batch["key"]))
         if max_videos and len(out) >= max_videos:
@@ -74,7 +88,8 @@ def gather_records(records: dict[str, dict]) -> dict[str, dict]:
 
 def summarize(records: dict[str, dict], num_classes: int, expected_views: int | None = None,
               class_names: list[str] | None = None) -> dict:
-    """Top-1 / top-5 / per-class accuracy and confusion matrix from per-video score sums."""
+    """Per-video top-1 / top-5 (views' softmax averaged), per-view top-1 / top-5 (each view alone),
+    per-class accuracy and confusion matrix from per-video score sums."""
     if expected_views is not None:
         bad = {k: r["views"] for k, r in records.items() if r["views"] != expected_views}
         if bad:
@@ -84,8 +99,12 @@ def summarize(records: dict[str, dict], num_classes: int, expected_views: int | 
     n = len(labeled)
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     top1 = top5 = 0
+    views = sum(r["views"] for r in labeled.values())
+    view1 = sum(r.get("view_top1", 0) for r in labeled.values())
+    view5 = sum(r.get("view_top5", 0) for r in labeled.values())
     for r in labeled.values():
-        order = np.argsort(-r["scores"])
+        # ranked as written to scores.npy (float32 mean), so its argmax is exactly this prediction
+        order = np.argsort(-(r["scores"] / r["views"]).astype(np.float32), kind="stable")
         pred = int(order[0])
         top1 += pred == r["label"]
         top5 += r["label"] in order[:5]
@@ -104,11 +123,60 @@ def summarize(records: dict[str, dict], num_classes: int, expected_views: int | 
         "mean_class_accuracy": float(np.nanmean([v for v in per_class.values()])) if n else float("nan"),
         "confusion": conf.tolist(),
         "class_names": class_names,
+        "num_views": int(views),
+        "view_top1": float(view1 / views) if views else float("nan"),
+        "view_top5": float(view5 / views) if views else float("nan"),
     }
 
 
+def view_protocol(data_cfg, num_clips: int, num_crops: int) -> str:
+    """How the test views were taken, in words ("5 clips x 3 crops, softmax average")."""
+    clips = f"{num_clips} clip{'s' if num_clips != 1 else ''}"
+    if getattr(data_cfg, "sampling", "stride") == "segment":
+        from fractions import Fraction
+
+        offs = ", ".join(str(Fraction(2 * k + 1, 2 * num_clips)) for k in range(num_clips))
+        clips += f" ({data_cfg.num_frames} segments, frame at {offs} of each)"
+    else:
+        clips += f" ({data_cfg.num_frames} frames, uniformly spread)"
+    crops = "1 centre crop" if num_crops == 1 else f"{num_crops} crops (left/centre/right)"
+    return f"{clips} x {crops}, softmax average"
+
+
+def write_scores(records: dict[str, dict], out_dir: str | Path, class_names=None, protocol: str = "") -> tuple[Path, Path]:
+    """Per-video scores: ``scores.npy`` (float32, videos x classes, mean softmax over the views, rows
+    in sorted key order) and ``scores_keys.json`` (``keys``, ``labels``, ``views``, ``class_names``,
+    ``protocol``)."""
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    keys = sorted(records)
+    if keys:
+        scores = np.stack([records[k]["scores"] / max(1, records[k]["views"]) for k in keys]).astype(np.float32)
+    else:
+        scores = np.zeros((0, len(class_names or [])), dtype=np.float32)
+    np.save(d / "scores.npy", scores)
+    meta = {"keys": keys, "labels": [int(records[k]["label"]) for k in keys],
+            "views": [int(records[k]["views"]) for k in keys], "class_names": class_names, "protocol": protocol,
+            "scores": "scores.npy: float32 (videos, classes), mean softmax over each video's views"}
+    (d / "scores_keys.json").write_text(json.dumps(meta))
+    return d / "scores.npy", d / "scores_keys.json"
+
+
+def report_lines(summary: dict) -> list[str]:
+    """The evaluation in words: protocol, per-view and per-video top-1 / top-5."""
+    lines = []
+    if summary.get("protocol"):
+        lines.append(f"views: {summary['protocol']}")
+    lines.append(f"per view:  top-1 {100 * summary['view_top1']:.2f}%  top-5 {100 * summary['view_top5']:.2f}%  "
+                 f"({summary['num_views']} views, each scored alone)")
+    lines.append(f"per video: top-1 {100 * summary['top1']:.2f}%  top-5 {100 * summary['top5']:.2f}%  "
+                 f"({summary['num_videos']} videos, views' softmax averaged)")
+    return lines
+
+
 def save_confusion_png(summary: dict, path: str | Path, title: str = "") -> None:
-    """Confusion matrix heat map (rows: true class, columns: predicted), counts in the cells."""
+    """Confusion matrix heat map (rows: true class, columns: predicted), counts in the cells; returns
+    the title it drew."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,18 +197,20 @@ def save_confusion_png(summary: dict, path: str | Path, title: str = "") -> None
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     t1 = summary.get("top1", float("nan"))
-    ax.set_title(f"{title} top-1 {100 * t1:.1f}% (n={summary['num_videos']})" if not math.isnan(t1) else title,
-                 fontsize=9)
+    text = f"{title} top-1 {100 * t1:.1f}% (n={summary['num_videos']})".strip() if not math.isnan(t1) else title
+    ax.set_title(text, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return text
 
 
 def evaluate_model(model, data_cfg, shards: str, num_classes: int, *, num_clips: int, num_crops: int,
                    rank: int = 0, world_size: int = 1, device="cpu", autocast_dtype=None,
                    class_names=None, progress: bool = True, max_videos: int = 0, forward=None,
-                   seed: int = 0) -> dict:
-    """Build the eval loader over ``shards``, score every video, gather across ranks, summarise."""
+                   seed: int = 0, scores_dir: str | Path | None = None) -> dict:
+    """Build the eval loader over ``shards``, score every video, gather across ranks, summarise;
+    with ``scores_dir`` rank 0 also writes ``scores.npy`` + ``scores_keys.json`` there."""
     from pretrain.data.loader import build_loader
 
     loader = build_loader(data_cfg, "eval", shards=shards, rank=rank, world_size=world_size, seed=seed,
@@ -157,8 +227,13 @@ def evaluate_model(model, data_cfg, shards: str, num_classes: int, *, num_clips:
     records = gather_records(records)
     summary = summarize(records, num_classes, expected_views=None if max_videos else num_clips * num_crops,
                         class_names=class_names)
+    summary["protocol"] = view_protocol(data_cfg, num_clips, num_crops)
+    summary["num_clips"], summary["num_crops"] = num_clips, num_crops
     stats = loader.stats()
     summary["skipped"] = int(stats.get("skipped", 0))
+    if scores_dir is not None and rank == 0:
+        write_scores(records, scores_dir, class_names=class_names, protocol=summary["protocol"])
+        summary["scores_file"] = "scores.npy"
     return summary
 
 
@@ -259,16 +334,31 @@ def run(args) -> int:
         return 2
     k = args.num_clips or cfg.data.test_num_clips
     c = args.num_crops or cfg.data.test_num_crops
+    out = Path(args.out or meta["run_dir"])
     summary = evaluate_model(model, cfg.data, shards, meta["num_classes"], num_clips=k, num_crops=c,
                              rank=rank, world_size=world, device=device, class_names=meta.get("classes"),
-                             progress=not args.no_progress, forward=classifier_forward)
+                             progress=not args.no_progress, forward=classifier_forward, scores_dir=out)
     if rank == 0:
-        out = Path(args.out or meta["run_dir"])
         out.mkdir(parents=True, exist_ok=True)
         summary["shards"] = shards
         (out / "eval.json").write_text(json.dumps(summary, indent=1))
-        save_confusion_png(summary, out / "confusion.png", title=meta.get("name", ""))
+        save_confusion_png(summary, out / "confusion.png", title=confusion_title(meta))
+        for line in report_lines(summary):
+            print(line)
         print(f"videos {summary['num_videos']} (x{k} clips x{c} crops)  top-1 {100 * summary['top1']:.2f}%  "
               f"top-5 {100 * summary['top5']:.2f}%  skipped {summary['skipped']}")
-        print(f"wrote {out / 'eval.json'} and {out / 'confusion.png'}")
+        print(f"wrote {out / 'eval.json'}, {out / 'confusion.png'}, {out / 'scores.npy'} and {out / 'scores_keys.json'}")
     return 0
+
+
+def confusion_title(meta: dict) -> str:
+    """Title of ``tubelet evaluate``'s confusion matrix: the model and the run it came from.
+
+    (``final/config.json`` names the model under ``model``; the title used to read a ``name`` key
+    that is never written, so it was always blank.)"""
+    model = meta.get("model") or ""
+    run = Path(meta["run_dir"]).name if meta.get("run_dir") else ""
+    init = meta.get("init") or ""
+    init = "pretrained" if init.startswith("loaded") else init
+    parts = [model + (f" ({init})" if init else ""), run if run and run != model else ""]
+    return " - ".join(p for p in parts if p)

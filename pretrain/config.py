@@ -135,6 +135,12 @@ class DataConfig:
     cache_max_gb: float = 16.0
     """Bound on the cache's size in GB (10^9 bytes) over all processes; beyond it, samples are
     decoded normally. ``ram`` also stops at 90 % of ``/dev/shm``."""
+    num_videos: int = 0
+    """Training videos in one epoch, for ``run.epochs`` / ``optim.warmup_epochs`` (0: read
+    ``num_samples`` from ``manifest.json`` of ``data.shards`` when there is one). Epochs become
+    optimizer steps as VideoMAE does (``len(dataset) // total_batch_videos``):
+    ``steps_per_epoch = num_videos // videos_per_step``, ``videos_per_step = clips_per_step /
+    num_repeats``, ``clips_per_step = batch_size x grad_accum x world size``."""
 
     def __post_init__(self):
         _check(self.backend in ("decord", "pyav"), "data.backend", f"must be 'decord' or 'pyav', got {self.backend!r}")
@@ -159,6 +165,7 @@ class DataConfig:
         _check(self.sampling in ("stride", "segment"), "data.sampling",
                f"must be stride|segment, got {self.sampling!r}")
         _check(self.cache_max_gb > 0, "data.cache_max_gb", f"must be > 0, got {self.cache_max_gb}")
+        _check(self.num_videos >= 0, "data.num_videos", f"must be >= 0, got {self.num_videos}")
         if self.randaug:
             from pretrain.data.randaug import RandAugSpec
 
@@ -207,7 +214,8 @@ class OptimConfig:
     lr: Optional[float] = None
     """Absolute learning rate (overrides ``blr`` scaling)."""
     min_lr: float = 1e-6
-    """Floor of the cosine schedule."""
+    """Floor of the cosine schedule, absolute: NOT scaled with the batch (VideoMAE's scripts scale
+    their ``--min_lr`` by total_batch / 256 like ``--lr``; give the scaled value here)."""
     weight_decay: float = 0.05
     """AdamW weight decay (not applied to norms, biases, position/mask/cls tokens)."""
     betas: tuple = (0.9, 0.95)
@@ -215,7 +223,11 @@ class OptimConfig:
     eps: float = 1e-8
     """AdamW epsilon."""
     warmup_steps: int = 0
-    """Linear warmup steps (optimizer steps)."""
+    """Linear warmup steps (optimizer steps); replaced by ``warmup_epochs`` when that is > 0."""
+    warmup_epochs: float = 0.0
+    """Linear warmup in epochs (VideoMAE's ``--warmup_epochs``; 0: use ``warmup_steps``):
+    ``warmup_steps = int(warmup_epochs x steps_per_epoch)``, steps per epoch from ``data.num_videos``
+    (see there). Printed at the start and recorded in ``recipe.json``."""
     clip_grad: Optional[float] = None
     """Clip the global gradient norm to this value (None: no clipping)."""
     layer_decay: float = 1.0
@@ -228,6 +240,7 @@ class OptimConfig:
         _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas", "two values in [0, 1)")
         _check(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        _check(self.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
         _check(self.clip_grad is None or self.clip_grad > 0, "optim.clip_grad", "must be > 0 or null")
         _check(0 < self.layer_decay <= 1, "optim.layer_decay", "must be in (0, 1]")
 

@@ -190,6 +190,10 @@ def pretrain(cfg: PretrainConfig) -> list[dict]:
             n = load_init(model, cfg.model.init)
             if rt.is_main:
                 print(f"[tubelet] warm start: {n} tensors from {cfg.model.init}", flush=True)
+        from pretrain.recipe import apply_recipe
+
+        # epochs -> steps (optim.warmup_epochs; run.epochs / run.published_batch where RunConfig has them)
+        apply_recipe(cfg, rt, epochs=getattr(cfg.run, "epochs", 0.0), published_batch=getattr(cfg.run, "published_batch", 0))
         rt.setup(model, param_groups(model, cfg.optim.weight_decay))
 
         def make_loader(state):
