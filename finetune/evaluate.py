@@ -139,7 +139,7 @@ def view_protocol(data_cfg, num_clips: int, num_crops: int) -> str:
         clips += f" ({data_cfg.num_frames} segments, frame at {offs} of each)"
     else:
         clips += f" ({data_cfg.num_frames} frames, uniformly spread)"
-    crops = "1 centre crop" if num_crops == 1 else f"{num_crops} crops (left/centre/right)"
+    crops = "1 centre crop" if num_crops == 1 else f"{num_crops} crops along the long side"
     return f"{clips} x {crops}, softmax average"
 
 

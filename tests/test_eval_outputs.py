@@ -99,7 +99,7 @@ def test_finetune_epochs_become_steps(ft_run):
 def test_finetune_end_evaluation_outputs(ft_run):
     run, results, out, _ = ft_run
     ev = json.loads((run / "eval.json").read_text())
-    assert ev["protocol"] == "2 clips (8 frames, uniformly spread) x 3 crops (left/centre/right), softmax average"
+    assert ev["protocol"] == "2 clips (8 frames, uniformly spread) x 3 crops along the long side, softmax average"
     assert "views: " + ev["protocol"] in out
     assert ev["num_videos"] == 10 and ev["num_views"] == 60 and ev["views_per_video"] == 6
     v1, v5 = _printed(out, "per view")
@@ -160,4 +160,4 @@ def test_view_protocol_segment():
 
     d = DataConfig(sampling="segment", num_frames=16)
     assert view_protocol(d, 2, 3) == ("2 clips (16 segments, frame at 1/4, 3/4 of each) x 3 crops "
-                                      "(left/centre/right), softmax average")
+                                      "along the long side, softmax average")
