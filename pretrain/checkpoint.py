@@ -3,7 +3,8 @@
 Layout of one checkpoint, ``checkpoints/step_00000120/``::
 
     model.safetensors, optimizer.pt    plain torch (rank 0)      | ds/...  DeepSpeed engine files
-    trainer.json                       step, counters, metrics so far (rank 0)
+                                                                 | elastic.pt  ZeRO 1-3: world-size-free state
+    trainer.json                       step, counters, metrics, base LR, batch layout (rank 0)
     rank00000.pt, rank00001.pt, ...    per rank: python/numpy/torch RNG, data position
     COMPLETE.json                      written last: step, world size, every file with its size
 
@@ -16,7 +17,36 @@ deletion, so a half-deleted directory never looks complete.
 
 Loading picks the newest checkpoint whose ``COMPLETE.json`` lists files that all exist with
 the recorded sizes; ``latest`` is only compared with that scan (a corrupt or stale pointer is
-reported and ignored). Temporary and trash directories are ignored.
+reported and ignored). Temporary and trash directories are ignored. ``COMPLETE.json`` also records
+the model's signature (tensor count, values, a digest of names and shapes): a checkpoint of
+another model is refused in one line before anything is loaded.
+
+Elastic resume (another number of processes; ``dist.elastic``, on by default). Same number of
+processes: exact (bitwise on CPU). Different number, e.g. saved by 2 and resumed by 1 or 8:
+
+* World-size-free state: plain torch/DDP checkpoints are world-size free already (rank 0 writes
+  the whole model and the whole AdamW state). DeepSpeed ZeRO 1-3 shard the optimizer (ZeRO-3 also
+  the weights), so every ZeRO checkpoint also holds ``elastic.pt``: the fp32 master weights and
+  AdamW's ``exp_avg`` / ``exp_avg_sq`` per parameter name plus the optimizer step, gathered
+  from all ranks at save time (collective; rank 0 writes it inside the temporary directory, so
+  it is covered by ``COMPLETE.json`` like every other file and a checkpoint that resume picks
+  always has it). Resuming with another world size creates the new layout's partitions and
+  fills them from it (ZeRO-0 needs nothing: DeepSpeed's model file holds the whole optimizer). A
+  ZeRO checkpoint without it (``dist.elastic=false``) resumes only with its own world size, and
+  another one is refused naming the reason. Cost: one gather of 3 x 4 bytes per parameter per
+  save (ViT-B: ~1 GB on rank 0's host memory and disk).
+* Guaranteed the same: the global step, the parameters (fp32 masters), AdamW's moments and step
+  count (bitwise), the LR schedule (the checkpoint's base LR is kept even when the new layout's
+  batch would scale it differently), the metrics history and counters.
+* Data: the loader continues the global, layout-independent shard sequence from the first
+  position some old rank had not finished (see ``pretrain.data.loader.Loader._relayout``): no
+  sample is skipped; at most about one round (``ROUND_SHARDS`` shards) per old and per new
+  consumer is read a second time; the epoch counter continues from the global sample count.
+* Not the same: every rank's RNG (masks, drop path, augmentation) starts a fresh stream seeded
+  from ``(run.seed, step, rank)``: the run continues statistically, not bitwise.
+* The effective batch is ``data.batch_size x dist.grad_accum x processes``; unless the user
+  adjusts ``dist.grad_accum`` it changes, and the run prints a WARNING at start (stdout and
+  stderr) with the old and new batch and the ``dist.grad_accum`` that would keep it.
 """
 
 from __future__ import annotations

@@ -305,6 +305,11 @@ class RunConfig:
     """accelerate tracker: ``tensorboard`` or ``none``."""
     progress: bool = True
     """Show a tqdm progress bar on the main rank."""
+    compile: bool = False
+    """``torch.compile`` the model's forward/backward (DDP: the wrapped model; DeepSpeed:
+    ``engine.compile()``); checkpoints stay those of the plain model."""
+    data_wait_warn: float = 0.10
+    """Warn when waiting for batches takes more than this share of the step time in a log interval."""
     probe_every: int = 0
     """Pretraining: run frozen-encoder probes every N steps (and at step 0 and the end); 0: off."""
     probe_shards: str = ""
@@ -325,6 +330,7 @@ class RunConfig:
         _check(self.vis_every >= 0, "run.vis_every", "must be >= 0")
         _check(self.max_nonfinite >= 1, "run.max_nonfinite", "must be >= 1")
         _check(self.tracker in ("tensorboard", "none"), "run.tracker", "must be tensorboard|none")
+        _check(0 <= self.data_wait_warn <= 1, "run.data_wait_warn", "must be in [0, 1] (0: never warn)")
         _check(self.probe_every >= 0, "run.probe_every", "must be >= 0")
         _check(not self.probe_every or bool(self.probe_shards), "run.probe_shards",
                "set labeled shards for the probes (run.probe_every is on)")

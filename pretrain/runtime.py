@@ -144,7 +144,7 @@ class Runtime:
         h = hashlib.sha256()
         for name, t in sorted(self.module.state_dict().items()):
             h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()
 
     def close(self) -> None:
@@ -178,6 +178,13 @@ class Runtime:
                 ok = False
                 break
         return not self.any(not ok)
+
+    def compile(self) -> None:
+        """``torch.compile`` what the loop calls (the checkpointed module stays the plain one)."""
+        if self.engine is not None:
+            self.engine.compile()
+        else:
+            self.model = torch.compile(self.model)
 
     # backend operations, see subclasses
     def zero_grad(self) -> None:
@@ -355,7 +362,7 @@ class DeepSpeedRuntime(Runtime):
 
     def save(self, directory):
         self.engine.save_checkpoint(str(directory), tag=DS_TAG, client_state={}, save_latest=False)
-        if getattr(self.dist, "elastic", True) and not self._raw_optimizer:
+        if getattr(self.dist, "elastic", True) and self.dist.zero_stage >= 1:
             blob = self._gather_elastic()  # collective: every rank takes part, rank 0 writes
             if self.is_main:
                 torch.save(blob, directory / ELASTIC_FILE)
@@ -407,8 +414,8 @@ class DeepSpeedRuntime(Runtime):
         return blob
 
     def load_elastic(self, directory):
-        if self._raw_optimizer:
-            # fp32 ZeRO-0: DeepSpeed's model file holds the full model and optimizer (no shards)
+        if self.dist.zero_stage == 0:
+            # ZeRO-0: DeepSpeed's model file holds the full model and optimizer (no shards)
             self.load(directory)
             return
         if not (directory / ELASTIC_FILE).is_file():

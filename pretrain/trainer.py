@@ -42,7 +42,13 @@ Semantics:
 * Checkpoints (:mod:`pretrain.checkpoint`) every ``run.save_every`` steps and at the end hold the
   model, optimizer, step, every rank's RNG and data position, counters and the metrics so far;
   with ``run.resume`` the newest complete one in ``run.dir`` is loaded and training continues
-  bitwise as if never interrupted (CPU, same number of processes).
+  bitwise as if never interrupted (CPU, same number of processes). With another number of
+  processes it continues elastically (same step, weights, optimizer moments, LR schedule; data
+  from the global shard position; new RNG streams; a loud warning when the effective batch
+  changes) -- see :mod:`pretrain.checkpoint`.
+* Data wait: the share of step time spent waiting for batches is ``data_wait`` in every metrics
+  record (and on the progress bar); above ``run.data_wait_warn`` (10 %) a warning says so.
+* ``run.compile``: ``torch.compile`` of what the loop calls (:meth:`Runtime.compile`).
 * ``make_loader(state)`` returns an endless iterable of batches with ``state_dict()`` (the data
   position after the last batch, passed back as ``state`` on resume); ``stats()["skipped"]`` and
   ``batches_per_epoch`` are used when present. Fetching batches cannot change the RNG state.
@@ -111,6 +117,9 @@ class Trainer:
         self._last_saved = -1
         self.tracker = None
         self.loader = None
+        self._wait_warned_at = None
+        if getattr(run, "compile", False):
+            runtime.compile()
 
     # ---- setup -----------------------------------------------------------------------------
     @staticmethod
@@ -348,8 +357,16 @@ class Trainer:
         if self.tracker is not None:
             self.tracker.log({f"train/{k}": v for k, v in rec.items() if isinstance(v, (int, float))
                               and k != "step"}, step=self.step)
+        wait, limit = rec["data_wait"], getattr(self.run, "data_wait_warn", 0.10)
+        if wait is not None and limit and wait > limit and (
+                self._wait_warned_at is None or self.step - self._wait_warned_at >= 10 * self.run.log_every):
+            self._wait_warned_at = self.step  # at most once per 10 log intervals
+            self._log(f"warning: step {self.step}: waiting for data took {100 * wait:.0f} % of the step time "
+                      f"(> {100 * limit:.0f} %; the first interval includes starting the loader workers); raise "
+                      f"data.num_workers, pre-shard shorter clips, or read shards from faster storage")
         if bar is not None and rec["loss"] is not None:
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", refresh=False)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}",
+                            wait=f"{100 * (wait or 0):.0f}%", refresh=False)
 
     def save(self) -> Path:
         """Checkpoint the current step (all ranks call)."""
