@@ -55,7 +55,8 @@ class FinetuneRunConfig(RunConfig):
     dist.grad_accum x world size / data.num_repeats`` (VideoMAE: ``len(dataset) // total_batch``,
     total_batch counted in videos, each giving ``--num_sample`` clips); ``max_steps = int(epochs x
     steps_per_epoch)``. E.g. K400 240000 videos at 512 videos/step: 468 steps/epoch, 75 epochs = 35100
-    steps. Printed at the start and recorded in ``recipe.json``."""
+    steps. Printed at the start and recorded in ``recipe.json``. Recomputed at every start: a run
+    resumed with another batch (e.g. fewer processes) keeps its epochs, not its step count."""
     published_batch: int = 0
     """Videos per optimizer step of the published recipe this preset reproduces (0: none stated). A
     run whose videos per step differ says so loudly at the start (stdout and stderr) and records it
