@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import stat
 import subprocess
 import sys
 import time
@@ -65,11 +63,19 @@ def _over(shards, run_dir, **extra) -> list[str]:
     return tiny_overrides(shards, run_dir, **{**base, **extra})
 
 
-def test_two_nodes_ddp_world_shards_weights_checkpoint(shards, tmp_path):
+@pytest.fixture(scope="module")
+def ddp_run(shards, tmp_path_factory):
+    """A finished two-node DDP run: (run dir, [node 0 log, node 1 log], [exit codes])."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    run = tmp / "ddp"
+    rcs, logs = _two_nodes(_over(shards, run, **{"run.max_steps": 6, "run.save_every": 3}), tmp, "ddp")
+    return run, logs, rcs
+
+
+def test_two_nodes_ddp_world_shards_weights_checkpoint(shards, ddp_run):
     from pretrain.data.stream import TrainOrder, list_shards
 
-    run = tmp_path / "ddp"
-    rcs, logs = _two_nodes(_over(shards, run, **{"run.max_steps": 6, "run.save_every": 3}), tmp_path, "ddp")
+    run, logs, rcs = ddp_run
     assert rcs == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "DDP, 2 process(es) on cpu, gloo collectives" in logs[0]
     assert "weights identical on all 2 ranks" in logs[0]
@@ -163,7 +169,7 @@ def _fails_fast(cmd, tmp_path, tag, within: float, extra_env=None) -> tuple[str,
     return (tmp_path / f"{tag}.log").read_text(), time.monotonic() - t0
 
 
-def test_bad_input_fails_fast_naming_the_cause(shards, tmp_path):
+def test_bad_input_fails_fast_naming_the_cause(shards, tmp_path, ddp_run):
     run = tmp_path / "bad"
     # nodes launched with different process counts (node 1 brings 2): every worker refuses at start
     rcs, logs = _two_nodes(_over(shards, run), tmp_path, "nproc", timeout=120, extra1=("--num_processes", "4"))
@@ -190,13 +196,12 @@ def test_bad_input_fails_fast_naming_the_cause(shards, tmp_path):
     assert "timed out" in last or "TimeoutError" in last or "Timeout" in last, log[-2000:]
     print(f"main address not listening: failed in {took:.1f} s: {last[:160]}")
 
-    # a checkpoint of another model (another patch size) in run.dir: one line, before any training
-    good = tmp_path / "good"
-    subprocess.run([sys.executable, "-m", "pretrain", "--config", PRESET,
-                    *_over(shards, good, **{"run.max_steps": 1, "run.save_every": 1})], cwd=REPO, env=env(),
-                   check=True, capture_output=True, timeout=120)
+    # a checkpoint of another model (another patch size) in run.dir: one line, nothing written
+    good = ddp_run[0]
+    before = sorted(str(p) for p in good.rglob("*"))
     out = subprocess.run([sys.executable, "-m", "pretrain", "--config", PRESET,
-                          *_over(shards, good, **{"model.kwargs.patch_size": 4})], cwd=REPO, env=env(),
-                         capture_output=True, text=True, timeout=120)
+                          *_over(shards, good, **{"run.max_steps": 6, "model.kwargs.patch_size": 4})], cwd=REPO,
+                         env=env(), capture_output=True, text=True, timeout=120)
     lines = [x for x in out.stderr.splitlines() if "CheckpointError" in x]
     assert out.returncode == 1 and len(lines) == 1 and "holds another model" in lines[0], out.stderr[-2000:]
+    assert sorted(str(p) for p in good.rglob("*")) == before
