@@ -56,6 +56,19 @@ def data_config(meta: dict, *, batch_size: int, num_workers: int, backend: str,
                       test_num_crops=1)
 
 
+def source_data_config(src, *, batch_size: int, num_workers: int, backend: str = "decord",
+                       sampling_rate: Optional[int] = None):
+    """:func:`data_config` for a :class:`finetune.sources.Source`: the encoder's clip geometry
+    (its ``model_config``, else what the source recorded) and the source's normalisation."""
+    mc = getattr(src.encoder, "model_config", {})
+    img = mc.get("img_size", src.data.get("img_size"))
+    meta = {"num_frames": mc.get("num_frames", src.data.get("num_frames")),
+            "img_size": img[0] if isinstance(img, (list, tuple)) else img,
+            "sampling_rate": src.data.get("sampling_rate"), "mean": src.mean, "std": src.std}
+    return data_config(meta, batch_size=batch_size, num_workers=num_workers, backend=backend,
+                       sampling_rate=sampling_rate)
+
+
 @torch.no_grad()
 def extract_embeddings(encoder: nn.Module, cfg, shards: str, *, num_clips: int, rank: int = 0, world_size: int = 1,
                        device: str | torch.device = "cpu", progress: bool = True, tokens: bool = False) -> dict:
@@ -171,13 +184,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"tubelet extract: {e}", file=sys.stderr)
         return 2
     enc = src.encoder
-    mc = getattr(enc, "model_config", {})
-    img = mc.get("img_size", src.data.get("img_size"))
-    meta = {"num_frames": mc.get("num_frames", src.data.get("num_frames")),
-            "img_size": img[0] if isinstance(img, (list, tuple)) else img,
-            "sampling_rate": src.data.get("sampling_rate"), "mean": src.mean, "std": src.std}
-    cfg = data_config(meta, batch_size=args.batch_size, num_workers=args.num_workers, backend=args.backend,
-                      sampling_rate=args.sampling_rate)
+    cfg = source_data_config(src, batch_size=args.batch_size, num_workers=args.num_workers, backend=args.backend,
+                             sampling_rate=args.sampling_rate)
     rank, world = _dist()
     device = args.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     part = extract_embeddings(enc, cfg, args.shards, num_clips=args.num_clips, rank=rank, world_size=world,

@@ -61,10 +61,15 @@ def save_recon_grid(out: dict, mean: Sequence[float], std: Sequence[float], path
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout(pad=0.3, rect=(0, 0, 1, 0.96 if title else 1))
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as PNG (creating the directory) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
     return path
 
 
@@ -94,11 +99,7 @@ def plot_loss_curve(records: Iterable[dict] | str | Path, path: str | Path) -> P
     ax.set_ylabel("loss", color="tab:blue")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_probe_curve(records: Iterable[dict] | str | Path, path: str | Path, title: str = "") -> Optional[Path]:
@@ -129,8 +130,4 @@ def plot_probe_curve(records: Iterable[dict] | str | Path, path: str | Path, tit
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -49,6 +49,8 @@ def save_clip_grid(videos: torch.Tensor, labels: list[str], path: str | Path, fr
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pretrain.visualize import save_figure
+
     n, _, t = videos.shape[:3]
     cols = max(1, min(frames, t))
     pick = np.round(np.linspace(0, t - 1, cols)).astype(int)
@@ -63,11 +65,7 @@ def save_clip_grid(videos: torch.Tensor, labels: list[str], path: str | Path, fr
                 ax.set_title(f"t={f}", fontsize=7)
         axes[i][0].set_ylabel(labels[i], fontsize=7, rotation=0, ha="right", va="center")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> int:
