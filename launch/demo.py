@@ -168,9 +168,10 @@ def plan(p: Preset, out: Path) -> list[Stage]:
         f"data.batch_size={p.pretrain_batch}", f"data.num_repeats={p.num_repeats}", f"data.num_workers={p.workers}",
         "run.progress=false", *_cache(p, out), *_probe_overrides(p, data), *p.pretrain_overrides]))
     test = data / "test"
-    for lpc in p.videos_per_class:
-        train = (data if lpc == max(p.videos_per_class) else out / f"data_{lpc}") / "train"
-        for seed in p.seeds:
+    # seed-major: an interrupted run already holds every label budget for the first seeds
+    for seed in p.seeds:
+        for lpc in p.videos_per_class:
+            train = (data if lpc == max(p.videos_per_class) else out / f"data_{lpc}") / "train"
             tag = f"l{lpc}_s{seed}"
             common = _data_overrides(p, train, test, out) + [f"run.seed={seed}", "run.progress=false"]
             stages.append(Stage(f"{p.vit_tag}_pretrained_{tag}", "finetune", [
