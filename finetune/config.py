@@ -45,6 +45,28 @@ class HeadConfig:
 
 
 @dataclass
+class FinetuneModelConfig(ModelConfig):
+    """The pretraining model section with the fine-tuning default encoder (``vit_small``), so that a
+    partial ``model`` section (``model.drop_path=0.1``) keeps it."""
+
+    name: str = "vit_small"
+    """Encoder name (``vit_*``, ``mvitv2_*``) or a baseline (``finetune.baselines.list_baselines()``)."""
+
+
+@dataclass
+class FinetuneOptimConfig(OptimConfig):
+    """AdamW and its schedule with the VideoMAE fine-tuning defaults (blr 1e-3, betas (0.9, 0.999),
+    layer decay 0.75), which a partial ``optim`` section (``optim.warmup_steps=5``) keeps."""
+
+    blr: float = 1e-3
+    """Base learning rate; the actual LR is ``blr x videos per step / 256`` unless ``lr`` is set."""
+    betas: tuple = (0.9, 0.999)
+    """AdamW betas (VideoMAE fine-tuning: 0.9, 0.999)."""
+    layer_decay: float = 0.75
+    """Layer-wise LR decay (VideoMAE fine-tuning: 0.75; 1.0 disables)."""
+
+
+@dataclass
 class FinetuneRunConfig(RunConfig):
     """Run directory, length (steps or epochs), checkpoints, logging, and the recipe's published batch."""
 
@@ -88,9 +110,9 @@ class FinetuneConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     """Data path (``data.shards`` = labeled train shards, ``data.val_shards`` = evaluation shards)."""
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="vit_small"))
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
     """Encoder name (``vit_*``, ``mvitv2_*``) or a baseline (``finetune.baselines.list_baselines()``)."""
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(blr=1e-3, betas=(0.9, 0.999), layer_decay=0.75))
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
     """Optimizer and schedule (VideoMAE fine-tune recipe: blr 1e-3, layer decay 0.75)."""
     dist: DistConfig = field(default_factory=DistConfig)
     """Distribution."""

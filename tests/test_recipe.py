@@ -96,3 +96,14 @@ def test_pretraining_warmup_in_epochs(tmp_path, capsys):
     assert (rec["steps_per_epoch"], rec["warmup_steps"], rec["num_videos"]) == (10, 2, 20)
     lrs = [r["lr"] for r in hist if "lr" in r]
     assert lrs[:2] == pytest.approx([5e-4, 1e-3])
+
+
+def test_partial_sections_keep_the_finetune_defaults():
+    # a partial optim/model section used to rebuild the pretraining defaults (blr 1.5e-4, betas
+    # (0.9, 0.95), no layer decay, model videomae_small) instead of the fine-tuning ones
+    full = FinetuneConfig()
+    cfg = load_config(FinetuneConfig, None, ["optim.warmup_steps=5", "model.drop_path=0.1"])
+    assert (cfg.optim.blr, cfg.optim.betas, cfg.optim.layer_decay) == (1e-3, (0.9, 0.999), 0.75)
+    assert (full.optim.blr, full.optim.betas, full.optim.layer_decay) == (1e-3, (0.9, 0.999), 0.75)
+    assert cfg.model.name == full.model.name == "vit_small" and cfg.model.drop_path == 0.1
+    assert load_config(PretrainConfig, None, ["optim.warmup_steps=5"]).optim.blr == 1.5e-4
