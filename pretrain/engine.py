@@ -134,11 +134,9 @@ def probe_record(cfg: PretrainConfig, rt, step: int, num_classes: int) -> dict:
     """Run ``run.probe_kinds`` on the encoder now (all ranks); the metric record ``{"step", "probe_*"}``."""
     from pretrain.probe import probe_encoder
 
-    encoder = rt.module.encoder
-    with torch.no_grad(), rt.autocast():
-        res = probe_encoder(encoder, cfg.data, cfg.run.probe_kinds, num_classes, shards=cfg.run.probe_shards,
-                            score_share=cfg.run.probe_score_share, rank=rt.rank, world_size=rt.world_size,
-                            device=rt.device, seed=cfg.run.seed, steps=cfg.run.probe_steps)
+    res = probe_encoder(rt.module.encoder, cfg.data, cfg.run.probe_kinds, num_classes, shards=cfg.run.probe_shards,
+                        score_share=cfg.run.probe_score_share, rank=rt.rank, world_size=rt.world_size,
+                        device=rt.device, seed=cfg.run.seed, steps=cfg.run.probe_steps, forward_context=rt.autocast)
     rec = {"step": step, **{f"probe_{k}_top1": r["top1"] for k, r in res.items()}}
     first = next(iter(res.values()))
     rec.update(probe_n_fit=first["n_fit"], probe_n_score=first["n_score"])

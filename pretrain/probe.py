@@ -235,12 +235,16 @@ def run_probe(kind: str, fit: dict[str, dict], score: dict[str, dict], num_class
 def probe_encoder(encoder: nn.Module, data_cfg, kinds: Iterable[str], num_classes: int, *,
                   shards: Optional[str] = None, fit_shards: Optional[str] = None, score_share: float = 0.2,
                   rank: int = 0, world_size: int = 1, device="cpu", seed: int = 0, steps: int = 200,
-                  max_videos: int = 0, autocast_dtype=None) -> dict[str, dict]:
+                  max_videos: int = 0, autocast_dtype=None, forward_context=None) -> dict[str, dict]:
     """Extract features of ``encoder`` and run every probe in ``kinds``.
 
     With ``fit_shards`` the probes are fitted there and scored on ``shards``; otherwise ``shards``
-    is split by key (``score_share`` of the videos scored). Returns ``{kind: result}``.
+    is split by key (``score_share`` of the videos scored). ``forward_context()`` (e.g. the
+    runtime's autocast, needed for bf16 DeepSpeed weights) wraps only the encoder's forward passes;
+    the probes themselves are fitted in fp32. Returns ``{kind: result}``.
     """
+    import contextlib
+
     from pretrain.data.loader import build_loader
 
     kinds = list(kinds)
@@ -249,8 +253,9 @@ def probe_encoder(encoder: nn.Module, data_cfg, kinds: Iterable[str], num_classe
     def feats(spec: str) -> dict:
         loader = build_loader(data_cfg, "eval", shards=spec, rank=rank, world_size=world_size, seed=seed,
                               num_clips=1, num_crops=1)
-        return extract_features(encoder, loader, data_cfg.mean, data_cfg.std, device=device, tokens=want_tokens,
-                                autocast_dtype=autocast_dtype, max_videos=max_videos)
+        with (forward_context() if forward_context is not None else contextlib.nullcontext()):
+            return extract_features(encoder, loader, data_cfg.mean, data_cfg.std, device=device, tokens=want_tokens,
+                                    autocast_dtype=autocast_dtype, max_videos=max_videos)
 
     if fit_shards:
         fit, score = feats(fit_shards), feats(shards)
