@@ -264,7 +264,7 @@ def run_probe_cli(args) -> int:
     """``tubelet evaluate --probe ...``: probe any encoder source, print and write ``probe.json``."""
     import sys
 
-    from finetune.extract import _dist, data_config
+    from finetune.extract import _dist, source_data_config
     from finetune.safe_load import UnsafeCheckpointError
     from finetune.sources import open_source
     from pretrain.data.shards import read_classes
@@ -279,13 +279,8 @@ def run_probe_cli(args) -> int:
         print(f"tubelet evaluate: {e}", file=sys.stderr)
         return 2
     enc = src.encoder
-    mc = getattr(enc, "model_config", {})
-    img = mc.get("img_size", src.data.get("img_size"))
-    meta = {"num_frames": mc.get("num_frames", src.data.get("num_frames")),
-            "img_size": img[0] if isinstance(img, (list, tuple)) else img,
-            "sampling_rate": src.data.get("sampling_rate"), "mean": src.mean, "std": src.std}
-    cfg = data_config(meta, batch_size=args.batch_size or 8, num_workers=2 if args.workers is None else args.workers,
-                      backend="decord", sampling_rate=args.sampling_rate)
+    cfg = source_data_config(src, batch_size=args.batch_size or 8,
+                             num_workers=2 if args.workers is None else args.workers, sampling_rate=args.sampling_rate)
     classes = None
     for d in (args.train_shards, args.shards):
         if d and Path(d).is_dir():
