@@ -151,13 +151,13 @@ class Trainer:
         self.history = state["history"]
         self.counters = state["counters"]
         self._interval = state["interval"]
-        if state.get("base_lr") is not None and state["base_lr"] != self.base_lr:
-            # the LR schedule continues unchanged (also when the number of processes changed)
-            self._log(f"note: base LR {state['base_lr']:.6g} from the checkpoint (this layout's rule would give "
-                      f"{self.base_lr:.6g})")
-            self.base_lr = float(state["base_lr"])
         self._log(f"resumed from {path} at step {self.step}")
         if "elastic_from" in rank_state:
+            if self.optim.lr is None and state.get("base_lr") is not None and state["base_lr"] != self.base_lr:
+                # the LR schedule continues unchanged although the new layout's batch would scale it
+                self._log(f"note: base LR {state['base_lr']:.6g} from the checkpoint (this layout's rule would "
+                          f"give {self.base_lr:.6g}; set optim.lr to choose another)")
+                self.base_lr = float(state["base_lr"])
             self._elastic_banner(rank_state["elastic_from"], state.get("layout") or {})
             # no RNG state exists for this layout: a fresh per-rank stream, distinct from the first run's
             seed_everything(_rank_seed(self.run.seed + 104_729 * (self.step + 1), rt.rank))

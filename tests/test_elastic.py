@@ -149,6 +149,38 @@ def test_optimizer_state_reshards_exactly_2_to_1_to_2(tmp_path):
     assert two == {b: {"equal": True, "step": True, "keys": True} for b in BACKENDS}, two
 
 
+def test_loader_relayout_continues_the_global_shard_sequence(shards):
+    """Pure position arithmetic (no decoding): 2 ranks x 2 workers at uneven rounds -> 1 rank and
+    3 ranks; every global position from G on is read by exactly one new consumer, none skipped."""
+    from pretrain.config import DataConfig
+    from pretrain.data.loader import build_loader
+
+    cfg = DataConfig(shards=str(shards / "pretrain"), num_workers=2, batch_size=2)
+    old = []
+    for rank, rounds in ((0, (3, 2)), (1, (2, 4))):
+        st = build_loader(cfg, "train", rank=rank, world_size=2).state_dict()
+        st["roles"] = [{"round": k, "taken": 5, "rep": 0, "decoded": 10 * k, "skipped": {"x": 1}} for k in rounds]
+        st["batches"] = 40
+        old.append(st)
+    n_old, per = 4, 4
+    start = min(c + k * per * n_old for c, k in ((0, 3), (1, 2), (2, 2), (3, 4)))
+    for world, workers in ((1, 1), (3, 2)):
+        cfg2 = DataConfig(shards=cfg.shards, num_workers=workers, batch_size=2)
+        loaders = [build_loader(cfg2, "train", rank=r, world_size=world, state={"relayout": old})
+                   for r in range(world)]
+        n_new = world * workers
+        covered = []
+        for ld in loaders:
+            for role, pos in enumerate(ld._roles):
+                c = ld.rank * workers + role
+                first = c + pos["round"] * per * n_new   # first global position this consumer reads
+                assert 0 <= start - first < per * n_new  # restarts at most one round before G
+                covered += [c + o * n_new for o in range(pos["round"] * per, pos["round"] * per + 40)]
+        window = range(start, start + 20)
+        assert all(covered.count(g) == 1 for g in window), (world, start)
+        assert loaders[0]._roles[0]["decoded"] == 10 * (3 + 2 + 2 + 4) and loaders[0]._batches == 80 // world
+
+
 def _copy_checkpoint(src_run: Path, step: int, dst_run: Path) -> None:
     name = f"step_{step:08d}"
     (dst_run / "checkpoints").mkdir(parents=True)

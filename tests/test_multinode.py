@@ -205,3 +205,13 @@ def test_bad_input_fails_fast_naming_the_cause(shards, tmp_path, ddp_run):
     lines = [x for x in out.stderr.splitlines() if "CheckpointError" in x]
     assert out.returncode == 1 and len(lines) == 1 and "holds another model" in lines[0], out.stderr[-2000:]
     assert sorted(str(p) for p in good.rglob("*")) == before
+
+
+def test_launch_layout_check_is_pure():
+    from pretrain.config import ConfigError
+    from pretrain.dist_config import check_launch_layout
+
+    check_launch_layout({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8", "GROUP_WORLD_SIZE": "2"})
+    check_launch_layout({})  # not under torchrun: nothing to check
+    with pytest.raises(ConfigError, match="3 in total over 2 node.*this node runs 2"):
+        check_launch_layout({"WORLD_SIZE": "3", "LOCAL_WORLD_SIZE": "2", "GROUP_WORLD_SIZE": "2"})
