@@ -26,48 +26,47 @@ def test_pretrain_presets_load(name):
         assert cfg.data.sampling_rate == 2 and cfg.model.mask_ratio == 0.9
     else:
         assert cfg.data.sampling_rate == 4 and cfg.model.mask_ratio == 0.75
-    want = {"vit_s_ssv2": 6e-4, "vit_b_ssv2": 1.2e-3, "vit_b_ucf101": 7.5e-4}[name]
+    # MCG-NJU/VideoMAE scripts/{ssv2,ucf101}/*/pretrain.sh: 2048 x 1.5e-4, 2048 x 1.5e-4, 192 x 3e-4
+    want = {"vit_s_ssv2": 1.2e-3, "vit_b_ssv2": 1.2e-3, "vit_b_ucf101": 2.25e-4}[name]
     assert scaled_lr(cfg.optim.blr, cfg.optim.lr, _total_batch(cfg)) == pytest.approx(want)
 
 
-# The published fine-tuning recipes, per preset, as this project understands them. Sources are
-# MCG-NJU/VideoMAE's per-model scripts (run_class_finetuning.py arguments) and the paper's appendix
-# tables (Tong et al., NeurIPS 2022, "End-to-end fine-tuning setting"). The script paths and values
-# below were written from memory: no network was available to check them; "?" in a comment marks a
-# value that is uncertain, not verified against the file. Shared by all rows (_videomae_ft.yaml,
-# run_class_finetuning.py defaults): AdamW (0.9, 0.999), wd 0.05, RandAugment rand-m7-n4-mstd0.5-inc1,
-# --num_sample 2, mixup 0.8, cutmix 1.0, smoothing 0.1, --reprob 0.25, warmup 5 epochs.
+# The published fine-tuning recipes, per preset, read from MCG-NJU/VideoMAE's scripts
+# (scripts/<dataset>/videomae_vit_<size>_patch16_224_tubemasking_ratio_<r>_epoch_<e>/finetune.sh) and
+# run_class_finetuning.py's defaults (AdamW (0.9, 0.999), wd 0.05, --layer_decay 0.75, --drop_path 0.1,
+# --warmup_epochs 5, --aa rand-m7-n4-mstd0.5-inc1, --num_sample 2, --mixup 0.8, --cutmix 1.0,
+# --smoothing 0.1, --reprob 0.25, --init_scale 0.001; lr, min_lr and warmup_lr scaled by total
+# batch / 256, the batch counting videos).
 #   columns: blr (--lr), epochs, videos/step (--batch_size x GPUs x --update_freq), layer decay,
-#            drop path, head dropout, test clips x crops, train videos (for the step counts)
+#            drop path, head dropout (--fc_drop_rate), test clips x crops, min_lr (scaled), train videos
 PUBLISHED = {
-    # scripts/kinetics/videomae_vit_small_patch16_224_tubemasking_ratio_0.9_epoch_1600/finetune.sh (path?)
-    #   blr?, epochs? (150 from the paper's table, from memory), batch?
-    "vit_s_k400": dict(blr=1e-3, epochs=150, batch=512, ld=0.75, dp=0.1, hd=0.0, views=(5, 3), videos=240000),
-    # scripts/kinetics/videomae_vit_base_patch16_224_tubemasking_ratio_0.9_epoch_1600/finetune.sh (path?)
-    #   75 epochs for the 1600-epoch checkpoint (81.5 %); FINETUNE.md's 800-epoch example names
-    #   "eval_lr_1e-3_epoch_100" (lr 1e-3, 100 epochs); 64 GPUs x 8 videos = 512
-    "vit_b_k400": dict(blr=1e-3, epochs=75, batch=512, ld=0.75, dp=0.1, hd=0.0, views=(5, 3), videos=240000),
-    # scripts/kinetics/videomae_vit_large_patch16_224_tubemasking_ratio_0.9_epoch_1600/finetune.sh (path?)
-    #   blr?, 50 epochs?, layer decay 0.8? and drop path 0.2? upstream -- the preset keeps 0.75 / 0.1
-    "vit_l_k400": dict(blr=1e-3, epochs=50, batch=512, ld=0.75, dp=0.1, hd=0.0, views=(5, 3), videos=240000),
-    # scripts/ssv2/videomae_vit_small_patch16_224_tubemasking_ratio_0.9_epoch_2400/finetune.sh (path?)
-    #   blr?, epochs?, batch?
-    "vit_s_ssv2": dict(blr=5e-4, epochs=40, batch=512, ld=0.75, dp=0.1, hd=0.0, views=(2, 3), videos=168913),
-    # scripts/ssv2/videomae_vit_base_patch16_224_tubemasking_ratio_0.9_epoch_2400/finetune.sh (path?)
-    #   blr 5e-4 ("eval_lr_5e-4_epoch_40" in FINETUNE.md, from memory), 40 epochs (some scripts: 30/50?)
-    "vit_b_ssv2": dict(blr=5e-4, epochs=40, batch=512, ld=0.75, dp=0.1, hd=0.0, views=(2, 3), videos=168913),
-    # scripts/ssv2/videomae_vit_large_patch16_224_tubemasking_ratio_0.9_epoch_2400/finetune.sh (path?)
-    #   blr?, epochs?, layer decay 0.8? / drop path 0.2? upstream
-    "vit_l_ssv2": dict(blr=5e-4, epochs=40, batch=512, ld=0.75, dp=0.1, hd=0.0, views=(2, 3), videos=168913),
-    # scripts/ucf101/videomae_vit_base_patch16_224_tubemasking_ratio_0.75_epoch_3200/finetune.sh (path?)
-    #   blr 5e-4?, 100 epochs, layer decay 0.7, drop path 0.2, head dropout 0.5 (--head_drop_rate?),
-    #   8 GPUs x 8 videos = 64? ; UCF101 split 1 = 9537 train videos
-    "vit_b_ucf101": dict(blr=5e-4, epochs=100, batch=64, ld=0.7, dp=0.2, hd=0.5, views=(5, 3), videos=9537),
+    # kinetics/videomae_vit_small_patch16_224_tubemasking_ratio_0.9_epoch_1600: 32 GPUs x 12
+    "vit_s_k400": dict(blr=5e-4, epochs=150, batch=384, ld=0.75, dp=0.1, hd=0.0, views=(5, 3), min_lr=1.5e-6,
+                       videos=240000),
+    # kinetics/videomae_vit_base_patch16_224_tubemasking_ratio_0.9_epoch_1600: 64 GPUs x 6
+    "vit_b_k400": dict(blr=5e-4, epochs=75, batch=384, ld=0.75, dp=0.1, hd=0.0, views=(5, 3), min_lr=1.5e-6,
+                       videos=240000),
+    # kinetics/videomae_vit_large_patch16_224_tubemasking_ratio_0.9_epoch_1600: 64 GPUs x 2
+    "vit_l_k400": dict(blr=2e-3, epochs=35, batch=128, ld=0.75, dp=0.1, hd=0.0, views=(5, 3), min_lr=5e-7,
+                       videos=240000),
+    # ssv2/videomae_vit_small_patch16_224_tubemasking_ratio_0.9_epoch_2400: 32 GPUs x 12, --layer_decay 0.7
+    "vit_s_ssv2": dict(blr=1e-3, epochs=40, batch=384, ld=0.7, dp=0.1, hd=0.0, views=(2, 3), min_lr=1.5e-6,
+                       videos=168913),
+    # ssv2/videomae_vit_base_patch16_224_tubemasking_ratio_0.9_epoch_2400: 64 GPUs x 6
+    "vit_b_ssv2": dict(blr=5e-4, epochs=30, batch=384, ld=0.75, dp=0.1, hd=0.0, views=(2, 3), min_lr=1.5e-6,
+                       videos=168913),
+    # no ViT-L SSv2 script upstream: the preset takes ViT-B's values
+    "vit_l_ssv2": dict(blr=5e-4, epochs=30, batch=384, ld=0.75, dp=0.1, hd=0.0, views=(2, 3), min_lr=1.5e-6,
+                       videos=168913),
+    # ucf101/videomae_vit_base_patch16_224_tubemasking_ratio_0.75_epoch_3200: 8 GPUs x 16, --min_lr 1e-5,
+    # --layer_decay 0.7, --drop_path 0.2, --fc_drop_rate 0.5, --epochs 100; UCF101 split 1 = 9537 videos
+    "vit_b_ucf101": dict(blr=5e-4, epochs=100, batch=128, ld=0.7, dp=0.2, hd=0.5, views=(5, 3), min_lr=5e-6,
+                         videos=9537),
 }
 STEPS = {  # 8 GPUs as the presets state: (steps/epoch, run steps, warmup steps), as in the comments
-    "vit_s_k400": (468, 70200, 2340), "vit_b_k400": (468, 35100, 2340), "vit_l_k400": (468, 23400, 2340),
-    "vit_s_ssv2": (329, 13160, 1645), "vit_b_ssv2": (329, 13160, 1645), "vit_l_ssv2": (329, 13160, 1645),
-    "vit_b_ucf101": (149, 14900, 745),
+    "vit_s_k400": (625, 93750, 3125), "vit_b_k400": (625, 46875, 3125), "vit_l_k400": (1875, 65625, 9375),
+    "vit_s_ssv2": (439, 17560, 2195), "vit_b_ssv2": (439, 13170, 2195), "vit_l_ssv2": (439, 13170, 2195),
+    "vit_b_ucf101": (74, 7400, 370),
 }
 
 
@@ -99,7 +98,7 @@ def test_finetune_presets_match_the_published_recipe(name):
     assert (o.blr, r.epochs, o.warmup_epochs, r.published_batch) == (pub["blr"], pub["epochs"], 5, pub["batch"])
     assert (o.layer_decay, cfg.model.drop_path, cfg.head.dropout) == (pub["ld"], pub["dp"], pub["hd"])
     assert (d.test_num_clips, d.test_num_crops) == pub["views"] and d.num_frames == 16 and d.img_size == 224
-    assert o.lr is None and o.min_lr == 1e-6 and o.clip_grad is None and cfg.head.init_scale == 1e-3
+    assert o.lr is None and o.min_lr == pub["min_lr"] and o.clip_grad is None and cfg.head.init_scale == 1e-3
     rec = resolve_recipe(d, o, max_steps=r.max_steps, micro_batch=d.batch_size, grad_accum=cfg.dist.grad_accum,
                          world_size=8, epochs=r.epochs, published_batch=r.published_batch)
     assert rec["videos_per_step"] == pub["batch"] and batch_warning(rec) is None   # 8 GPUs: as published
@@ -117,8 +116,8 @@ def test_finetune_preset_on_fewer_gpus_warns_and_says_how_to_fix():
     rec = resolve_recipe(cfg.data, cfg.optim, max_steps=cfg.run.max_steps, micro_batch=cfg.data.batch_size,
                          grad_accum=cfg.dist.grad_accum, world_size=2, epochs=cfg.run.epochs,
                          published_batch=cfg.run.published_batch)
-    assert rec["videos_per_step"] == 128 and "dist.grad_accum=32 restores it" in batch_warning(rec)
-    assert (rec["steps_per_epoch"], rec["max_steps"]) == (1875, 140625)   # epochs stay epochs
+    assert rec["videos_per_step"] == 96 and "dist.grad_accum=32 restores it" in batch_warning(rec)
+    assert (rec["steps_per_epoch"], rec["max_steps"]) == (2500, 187500)   # epochs stay epochs
 
 
 @pytest.mark.parametrize("path", sorted(p for p in (CONFIG_ROOT / "pretrain").glob("*.yaml") if not p.name.startswith("_"))
