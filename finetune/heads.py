@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
 from pretrain.probe import AttentivePooler

@@ -2,9 +2,6 @@
 ``tests/test_wheel.py``)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,8 +73,8 @@ def test_pretrained_and_scratch_vit_share_everything_but_the_init(tmp_path):
     for name in ("quick", "full"):
         stages = {s.name: s.argv for s in plan(PRESETS[name], tmp_path)}
         kw = next(a for a in stages["pretrain"] if a.startswith("model.kwargs="))
-        pt = stages[f"vit_pretrained_l100_s0"]
-        sc = stages[f"vit_scratch_l100_s0"]
+        pt = stages["vit_pretrained_l100_s0"]
+        sc = stages["vit_scratch_l100_s0"]
         assert f"model.kwargs={{{PRESETS[name].encoder_kw}}}" in sc
         assert kw.startswith(f"model.kwargs={{{PRESETS[name].encoder_kw}")
         strip = lambda argv: sorted(a for a in argv if not a.startswith(("run.dir=", "model.kwargs=", "--init"))
