@@ -431,13 +431,12 @@ class DeepSpeedRuntime(Runtime):
         if missing or len(named) != len(blob["params"]):
             raise RuntimeError(f"{directory / ELASTIC_FILE} does not fit this model (missing {missing[:4]})")
         # 1. the model's (low-precision) weights and buffers
-        params = [p for _, p in named]
         with torch.no_grad():
             if self.dist.zero_stage == 3:
-                with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
-                    if self.is_main:
-                        for n, p in named:
-                            p.data.copy_(blob["params"][n].to(p.dtype))
+                for n, p in named:  # one parameter at a time: never the whole model on one device
+                    with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                        if self.is_main:
+                            p.data.copy_(blob["params"][n].to(p.device, p.dtype))
             else:
                 for n, p in named:
                     p.data.copy_(blob["params"][n].to(p.device, p.dtype))
