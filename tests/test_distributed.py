@@ -73,4 +73,15 @@ def test_zero2_two_processes_train_checkpoint_kill_resume_bitwise(shards, tmp_pa
         assert abs(ld[step] - la[step]) <= 1e-4 * abs(la[step]), (step, ld[step], la[step])
     wd, wa = final_weights(ddp), final_weights(a)
     assert wd.keys() == wa.keys()
-    assert max((wd[k] - wa[k]).abs().max().item() for k in wa) < 1e-4
+    # The key third of a fused qkv bias has no effect on attention (softmax ignores a constant added
+    # to every key's score): its true gradient is 0, AdamW turns the rounding residue into lr-sized
+    # steps of random sign, so that slice drifts differently under any two reduction orders.
+    # Everything else agrees to reduction-order rounding.
+    def functional(k, t):
+        if k.endswith("attn.qkv.bias"):
+            d = t.shape[0] // 3
+            return torch.cat([t[:d], t[2 * d:]])
+        return t
+
+    diff = {k: (functional(k, wd[k]) - functional(k, wa[k])).abs().max().item() for k in wa}
+    assert max(diff.values()) < 1e-4, sorted(diff.items(), key=lambda kv: -kv[1])[:3]
