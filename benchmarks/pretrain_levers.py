@@ -37,6 +37,9 @@ Levers (one change each vs ``default``; join with ``+``, e.g. ``scratch+qk_norm`
         --pretrain-steps 3000 --json /tmp/expA/default_s0.json
     OMP_NUM_THREADS=1 python benchmarks/pretrain_levers.py --lever scratch --seed 0 --json /tmp/expA/scratch_s0.json
 
+Note: with the default head ``init_scale=1e-3`` neither arm fits the 1000 labels in 1500 steps; add
+``+ft_head1`` (head init 1) to both arms for a meaningful comparison (``benchmarks/RESULTS_levers.md``).
+
 Single-threaded by default (``--threads 1``); results of a session are in ``benchmarks/RESULTS_levers.md``.
 """
 
