@@ -70,13 +70,8 @@ def test_split_by_key_is_deterministic_and_disjoint():
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from pretrain.data.synth import write_synth
-
-    out = tmp_path_factory.mktemp("probedata")
-    write_synth(out, videos_per_class=3, frames=16, size=32, pretrain_videos=12, val_per_class=1,
-                test_per_class=2, progress=False)
-    return out
+def synth(synth_dir):
+    return synth_dir          # conftest's session dataset: train 40 videos, test 20 (read-only)
 
 
 def test_probes_during_pretraining(synth, tmp_path):
@@ -94,7 +89,7 @@ def test_probes_during_pretraining(synth, tmp_path):
     probes = [r for r in recs if "probe_knn_top1" in r]
     assert [r["step"] for r in probes] == [0, 2, 4]
     assert all(0.0 <= r[f"probe_{k}_top1"] <= 1.0 for r in probes for k in ("knn", "linear", "attentive"))
-    assert probes[0]["probe_n_fit"] + probes[0]["probe_n_score"] == 30, "every labeled video once"
+    assert probes[0]["probe_n_fit"] + probes[0]["probe_n_score"] == 40, "every labeled video once"
     assert (run / "probe.png").stat().st_size > 1000
     # a resumed run keeps the probe history and adds the new points
     pretrain(load_config(PretrainConfig, None, [*cfg_overrides(cfg), "run.max_steps=6"]))
@@ -140,5 +135,5 @@ def test_evaluate_probe_cli_two_processes_exact_once(synth, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "probe.json").read_text())["results"]["knn"]
-    assert (one["n_fit"], one["n_score"]) == (30, 20) == (two["n_fit"], two["n_score"])
+    assert (one["n_fit"], one["n_score"]) == (40, 20) == (two["n_fit"], two["n_score"])
     assert one["top1"] == two["top1"]

@@ -23,13 +23,8 @@ ENC_KW = "{patch_size: 8, tubelet_size: 2, embed_init: temporal_diff}"
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from pretrain.data.synth import write_synth
-
-    out = tmp_path_factory.mktemp("trdata")
-    write_synth(out, videos_per_class=1, frames=16, size=32, pretrain_videos=12, val_per_class=1,
-                test_per_class=1, progress=False)
-    return out
+def data(synth_dir):
+    return synth_dir          # conftest's session dataset (read-only)
 
 
 @pytest.fixture(scope="module")
