@@ -62,7 +62,8 @@ class Preset:
     pretrain_overrides: list[str] = field(default_factory=list)  # extra `tubelet pretrain` overrides
     vit_tag: str = "vit"                                          # run names: {vit_tag}_{pretrained,scratch}_...
     vit_overrides: list[str] = field(default_factory=list)       # extra `tubelet finetune` overrides, both ViTs
-    probe_every: int = 0                                          # pretraining probes (k-NN + attentive), 0: off
+    probe_every: int = 0                                          # pretraining probes, 0: off
+    probe_kinds: str = "knn, attentive"                           # run.probe_kinds
     checks: tuple = ("single_frame", "late_fusion", "cnn3d", "loss", "pngs")   # the checks this preset can pass
     cache: bool = True                                            # decode each video once (data.cache=OUT/cache)
 
@@ -72,7 +73,7 @@ PRESETS = {
     "quick": Preset(videos_per_class=[100], pretrain_videos=1000, test_per_class=20, pretrain_steps=500,
                     pretrain_model="videomae_test", encoder="vit_test", finetune_steps=300, baseline_steps=200,
                     baselines=["single_frame", "late_fusion_avg", "cnn3d"], seeds=[0],
-                    steps_by_model={"cnn3d": 600}, probe_every=250,
+                    steps_by_model={"cnn3d": 600}, probe_every=500, probe_kinds="knn",
                     checks=("single_frame", "late_fusion", "cnn3d", "loss", "pngs", "probe"),
                     est_seconds={"synth": 30, "pretrain": 90, "finetune": 80, "baseline": 70, "compare": 1,
                                  "export": 5}),
@@ -143,7 +144,7 @@ def _probe_overrides(p: Preset, data: Path) -> list[str]:
     if not p.probe_every:
         return []
     return [f"run.probe_every={p.probe_every}", f"run.probe_shards={data / 'train'}",
-            "run.probe_kinds=[knn, attentive]"]
+            f"run.probe_kinds=[{p.probe_kinds}]"]
 
 
 def plan(p: Preset, out: Path) -> list[Stage]:
