@@ -1,6 +1,6 @@
 """The whole pipeline on the embedded synthetic benchmark, one command.
 
-    tubelet demo                          # --preset quick: <= 10 min on a 2-core CPU
+    tubelet demo                          # --preset quick: ~12 min on a 2-core CPU
     tubelet demo --preset full --out demo_full    # the headline comparison (about an hour on a CPU)
     tubelet demo --preset zoo                     # every baseline of the zoo once
 
@@ -69,14 +69,15 @@ class Preset:
 
 
 PRESETS = {
-    # measured on a quiet 2-core CPU: ~8 min in all (cnn3d alone, 600 steps: 113 s, 74.5 % top-1)
+    # measured on a quiet 2-core CPU (2026-12-02): 11.7 min in all (pretrain with 2 k-NN probes 143 s,
+    # a ViT fine-tune ~140 s, cnn3d 600 steps 136 s, 74.5 % top-1)
     "quick": Preset(videos_per_class=[100], pretrain_videos=1000, test_per_class=20, pretrain_steps=500,
                     pretrain_model="videomae_test", encoder="vit_test", finetune_steps=300, baseline_steps=200,
                     baselines=["single_frame", "late_fusion_avg", "cnn3d"], seeds=[0],
                     steps_by_model={"cnn3d": 600}, probe_every=500, probe_kinds="knn",
                     checks=("single_frame", "late_fusion", "cnn3d", "loss", "pngs", "probe"),
-                    est_seconds={"synth": 30, "pretrain": 90, "finetune": 80, "baseline": 70, "compare": 1,
-                                 "export": 5}),
+                    est_seconds={"synth": 40, "pretrain": 145, "finetune": 140, "baseline": 75, "compare": 1,
+                                 "export": 8}),
     # the whole pipeline with minimal sizes: what the test suite runs (numbers are meaningless)
     "smoke": Preset(videos_per_class=[3], pretrain_videos=20, test_per_class=1, pretrain_steps=4,
                     pretrain_model="videomae_test", encoder="vit_test", finetune_steps=3, baseline_steps=3,
