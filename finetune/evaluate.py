@@ -72,18 +72,9 @@ def collect_scores(model, loader, mean, std, device="cpu", autocast_dtype=None, 
 
 def gather_records(records: dict[str, dict]) -> dict[str, dict]:
     """Merge per-rank records on every rank; a key seen on two ranks is an error (exact-once)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return records
-    world = torch.distributed.get_world_size()
-    parts: list = [None] * world
-    torch.distributed.all_gather_object(parts, records)
-    merged: dict[str, dict] = {}
-    for rank, part in enumerate(parts):
-        for k, v in part.items():
-            if k in merged:
-                raise EvalError(f"video {k!r} was evaluated on two ranks (exact-once violated)")
-            merged[k] = v
-    return merged
+    from pretrain.probe import gather_by_key
+
+    return gather_by_key(records, error=EvalError)
 
 
 def summarize(records: dict[str, dict], num_classes: int, expected_views: int | None = None,
@@ -293,7 +284,7 @@ def run_probe_cli(args) -> int:
     try:
         res = probe_encoder(enc.to(device), cfg, args.probe, len(classes), shards=args.shards,
                             fit_shards=args.train_shards or None, rank=rank, world_size=world, device=device,
-                            steps=args.probe_steps)
+                            steps=args.probe_steps, progress=not args.no_progress)
     except ProbeError as e:
         print(f"tubelet evaluate: {e}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
-from pretrain.probe import AttentivePooler
+from pretrain.probe import AttentivePooler, LinearOnFeatures
 
 
 def _encoder_groups(prefix: str, enc: nn.Module, coarse: bool) -> dict:
@@ -79,17 +79,13 @@ class VideoClassifier(nn.Module):
         return _encoder_groups("encoder.", self.encoder, coarse)
 
 
-class LinearProbe(_FrozenEncoderMixin):
-    """Frozen encoder → BatchNorm1d(affine=False) → linear, on pooled features (MAE linear probing)."""
+class LinearProbe(_FrozenEncoderMixin, LinearOnFeatures):
+    """Frozen encoder → BatchNorm1d(affine=False) → linear, on pooled features (MAE linear probing;
+    :class:`pretrain.probe.LinearOnFeatures`, same parameter names)."""
 
     def __init__(self, encoder: nn.Module, num_classes: int):
-        super().__init__()
+        LinearOnFeatures.__init__(self, getattr(encoder, "num_features", None) or encoder.embed_dim, num_classes)
         self.encoder = encoder
-        dim = getattr(encoder, "num_features", None) or encoder.embed_dim
-        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
-        self.head = nn.Linear(dim, num_classes)
-        trunc_normal_(self.head.weight, std=0.01)
-        nn.init.zeros_(self.head.bias)
         self.num_classes = num_classes
         self._freeze()
 
@@ -97,7 +93,7 @@ class LinearProbe(_FrozenEncoderMixin):
         """video: (B, 3, T, H, W) -> logits (B, num_classes); no gradient reaches the encoder."""
         with torch.no_grad():
             feats = self.encoder(video)
-        return self.head(self.bn(feats))
+        return LinearOnFeatures.forward(self, feats)
 
 
 class AttentiveProbe(_FrozenEncoderMixin, AttentivePooler):

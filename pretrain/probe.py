@@ -47,7 +47,7 @@ def pooled_tokens(encoder: nn.Module, video: torch.Tensor) -> tuple[torch.Tensor
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, loader: Iterable, mean, std, device="cpu", tokens: bool = False,
-                     autocast_dtype=None, max_videos: int = 0) -> dict[str, dict]:
+                     autocast_dtype=None, max_videos: int = 0, progress=None) -> dict[str, dict]:
     """``{key: {"feat": (D,), "tokens": (N, D) or None, "label": int}}`` over an eval loader,
     gathered across ranks (exactly once). One view per video: build the loader with
     ``num_clips=1, num_crops=1``."""
@@ -67,6 +67,8 @@ def extract_features(encoder: nn.Module, loader: Iterable, mean, std, device="cp
                     raise ProbeError(f"video {key!r} came twice out of the probe loader (use one view per video)")
                 out[key] = {"feat": feat[i].float().cpu(), "label": int(label),
                             "tokens": tok[i].float().cpu() if tokens else None}
+            if progress is not None:
+                progress.update(len(batch["key"]))
             if max_videos and len(out) >= max_videos:
                 break
     finally:
@@ -74,8 +76,10 @@ def extract_features(encoder: nn.Module, loader: Iterable, mean, std, device="cp
     return gather_by_key(out)
 
 
-def gather_by_key(records: dict[str, dict]) -> dict[str, dict]:
-    """Merge per-rank ``{key: record}`` dicts on every rank; a key on two ranks is an error."""
+def gather_by_key(records: dict[str, dict], error: type = None) -> dict[str, dict]:
+    """Merge per-rank ``{key: record}`` dicts on every rank; a key on two ranks raises ``error``
+    (default :class:`ProbeError`). Shared by the probes and ``finetune.evaluate``."""
+    error = error or ProbeError
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return records
     parts: list = [None] * torch.distributed.get_world_size()
@@ -84,7 +88,7 @@ def gather_by_key(records: dict[str, dict]) -> dict[str, dict]:
     for part in parts:
         for k, v in part.items():
             if k in merged:
-                raise ProbeError(f"video {k!r} was seen on two ranks (exact-once violated)")
+                raise error(f"video {k!r} was evaluated on two ranks (exact-once violated)")
             merged[k] = v
     return merged
 
@@ -169,8 +173,9 @@ class AttentivePooler(nn.Module):
         return self.head(self.pool(tokens))
 
 
-class _LinearOnFeatures(nn.Module):
-    """BatchNorm1d(affine=False) + linear on pooled features (MAE linear probing)."""
+class LinearOnFeatures(nn.Module):
+    """BatchNorm1d(affine=False) + linear on pooled features ``(B, D)`` (MAE linear probing);
+    :class:`finetune.heads.LinearProbe` is this on a frozen encoder (same parameter names)."""
 
     def __init__(self, dim: int, num_classes: int):
         super().__init__()
@@ -221,7 +226,7 @@ def run_probe(kind: str, fit: dict[str, dict], score: dict[str, dict], num_class
         torch.manual_seed(seed)                 # the probe head's init
         with torch.enable_grad():
             if kind == "linear":
-                model = _fit(_LinearOnFeatures(xf.shape[1], num_classes), xf, yf, steps, lr=lr * 10, batch=batch,
+                model = _fit(LinearOnFeatures(xf.shape[1], num_classes), xf, yf, steps, lr=lr * 10, batch=batch,
                              seed=seed, weight_decay=0.0)
             else:
                 model = _fit(AttentivePooler(xf.shape[-1], num_classes), xf, yf, steps, lr=lr, batch=batch,
@@ -235,13 +240,15 @@ def run_probe(kind: str, fit: dict[str, dict], score: dict[str, dict], num_class
 def probe_encoder(encoder: nn.Module, data_cfg, kinds: Iterable[str], num_classes: int, *,
                   shards: Optional[str] = None, fit_shards: Optional[str] = None, score_share: float = 0.2,
                   rank: int = 0, world_size: int = 1, device="cpu", seed: int = 0, steps: int = 200,
-                  max_videos: int = 0, autocast_dtype=None, forward_context=None) -> dict[str, dict]:
+                  max_videos: int = 0, autocast_dtype=None, forward_context=None,
+                  progress: bool = False) -> dict[str, dict]:
     """Extract features of ``encoder`` and run every probe in ``kinds``.
 
     With ``fit_shards`` the probes are fitted there and scored on ``shards``; otherwise ``shards``
     is split by key (``score_share`` of the videos scored). ``forward_context()`` (e.g. the
     runtime's autocast, needed for bf16 DeepSpeed weights) wraps only the encoder's forward passes;
-    the probes themselves are fitted in fp32. Returns ``{kind: result}``.
+    the probes themselves are fitted in fp32. ``progress``: a tqdm bar per extraction on rank 0.
+    Returns ``{kind: result}``.
     """
     import contextlib
 
@@ -253,9 +260,19 @@ def probe_encoder(encoder: nn.Module, data_cfg, kinds: Iterable[str], num_classe
     def feats(spec: str) -> dict:
         loader = build_loader(data_cfg, "eval", shards=spec, rank=rank, world_size=world_size, seed=seed,
                               num_clips=1, num_crops=1)
-        with (forward_context() if forward_context is not None else contextlib.nullcontext()):
-            return extract_features(encoder, loader, data_cfg.mean, data_cfg.std, device=device, tokens=want_tokens,
-                                    autocast_dtype=autocast_dtype, max_videos=max_videos)
+        bar = None
+        if progress and rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(desc=f"probe features {spec}", unit="video", leave=False)
+        try:
+            with (forward_context() if forward_context is not None else contextlib.nullcontext()):
+                return extract_features(encoder, loader, data_cfg.mean, data_cfg.std, device=device,
+                                        tokens=want_tokens, autocast_dtype=autocast_dtype, max_videos=max_videos,
+                                        progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
 
     if fit_shards:
         fit, score = feats(fit_shards), feats(shards)
