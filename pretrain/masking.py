@@ -205,9 +205,9 @@ def decoder_targets(masks: MaskIndices, grid: Sequence[int], ratio: float, mode:
     n_dec = int(counts.min())
     if n_dec < 1:
         raise ValueError(f"decoder_mask_ratio {ratio} leaves no token to decode on grid {tuple(grid)}")
-    # decoded first, random order among them; keep n_dec per sample, then ascending ids
-    score = decoded.float() + _noise(decoded.shape, generator).to(device) * 0.5
-    if bool((counts == n_dec).all()):
-        score = decoded.float() + torch.linspace(0, 0.5, decoded.shape[1], device=device)  # no randomness needed
-    ids, _ = score.topk(n_dec, dim=1, sorted=False).indices.sort(dim=1)
+    if bool((counts == n_dec).all()):                  # even grids: every decoded position, ascending
+        ids = decoded.nonzero()[:, 1].view(decoded.shape[0], n_dec)
+    else:                                              # a random n_dec of each sample's decoded positions
+        score = decoded.float() + _noise(decoded.shape, generator).to(device) * 0.5
+        ids, _ = score.topk(n_dec, dim=1, sorted=False).indices.sort(dim=1)
     return ids, masks.mask.gather(1, ids)
