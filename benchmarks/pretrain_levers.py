@@ -27,7 +27,7 @@ One run = one *lever* configuration (named below, several joined with ``+``):
    block, attention entropy per block (nats; uniform over 128 tokens = 4.85).
 
 Levers (one change each vs ``default``; join with ``+``, e.g. ``scratch+qk_norm``):
-``default``, ``scratch``; pretraining ``pt_lr1e-3``, ``pt_lr5e-4``, ``pt_wd0.1``, ``pt_wd0.3``,
+``default``, ``scratch``; model ``poolstem`` (``stem="conv_maxpool"``, random init); pretraining ``pt_lr1e-3``, ``pt_lr5e-4``, ``pt_wd0.1``, ``pt_wd0.3``,
 ``qk_norm``, ``embed_lr0.1``, ``mask0.9``, ``random0.75``, ``dec4``, ``diff_target``,
 ``diff_only``, ``norm_pix`` (VideoMAE's per-tubelet normalised pixels), ``motion_hide``, ``motion_keep``; fine-tune ``ft_lr5e-4``, ``ft_lr2e-3``,
 ``ft_ld0.75``, ``ft_warm30``, ``ft_head1`` (head init_scale 1), ``ft_nosmooth``, ``ft_motion``
@@ -71,7 +71,7 @@ SIZE, FRAMES = 32, 16
 DEFAULT = dict(
     # model
     embed_dim=128, num_heads=4, patch_size=8, tubelet_size=2, embed_init="temporal_diff", embed_init_gain=4.0,
-    embed_init_share=1.0, qk_norm=False, decoder_depth=None,
+    embed_init_share=1.0, qk_norm=False, decoder_depth=None, stem="linear", stem_width=16,
     # pretraining
     pt_lr=4e-3, pt_wd=0.05, pt_b2=0.95, pt_warm=0.1, embed_lr_mult=1.0, mask_type="tube", mask_ratio=0.75,
     motion_mask=0.0,          # >0: hide high-motion tubes preferentially (strength); <0: keep them visible
@@ -85,6 +85,8 @@ DEFAULT = dict(
 LEVERS = {
     "default": {},
     "scratch": {"_scratch": True},
+    # the convolutional max-pool tubelet embedding (model.kwargs.stem=conv_maxpool), random init
+    "poolstem": {"stem": "conv_maxpool", "embed_init": "default"},
     "pt_lr1e-3": {"pt_lr": 1e-3},
     "pt_lr5e-4": {"pt_lr": 5e-4},
     "pt_lr2e-3": {"pt_lr": 2e-3},
@@ -150,7 +152,8 @@ def apply_qk_norm(vit: nn.Module) -> None:
 def enc_kwargs(cfg: dict) -> dict:
     return dict(img_size=SIZE, num_frames=FRAMES, patch_size=cfg["patch_size"], tubelet_size=cfg["tubelet_size"],
                 embed_dim=cfg["embed_dim"], num_heads=cfg["num_heads"], embed_init=cfg["embed_init"],
-                embed_init_gain=cfg["embed_init_gain"], embed_init_share=cfg["embed_init_share"])
+                embed_init_gain=cfg["embed_init_gain"], embed_init_share=cfg["embed_init_share"],
+                stem=cfg["stem"], stem_width=cfg["stem_width"])
 
 
 def build_mae(cfg: dict):
@@ -201,9 +204,9 @@ def mae_loss(mae, video: torch.Tensor, cfg: dict, gen: torch.Generator):
     grid = tubelet_grid(video.shape, mae.tubelet, "pretrain_levers")
     if cfg["motion_mask"]:
         masks = motion_masks(mae, video, cfg["motion_mask"], gen)
+        ids_pred, loss_mask = mae.decoder_positions(masks, grid, gen)
     else:
-        masks, _ = mae.sample_masks(video.shape[0], grid, generator=gen)
-    ids_pred = masks.ids_masked
+        masks, ids_pred, loss_mask = mae.sample_masks(video.shape[0], grid, generator=gen)
     latent = mae.forward_encoder(video, masks.ids_keep)
     pred = mae.forward_decoder(latent, masks.ids_keep, ids_pred, grid)
     p = mae.in_chans * math.prod(mae.tubelet)
@@ -216,11 +219,11 @@ def mae_loss(mae, video: torch.Tensor, cfg: dict, gen: torch.Generator):
             if cfg["diff_weight"] > 0 else None
     loss = 0.0
     if tgt_pix is not None:
-        losses["pix"] = F.mse_loss(pred[..., i:i + p], tgt_pix)
+        losses["pix"] = F.mse_loss(pred[..., i:i + p][loss_mask], tgt_pix[loss_mask])
         loss = loss + cfg["pix_weight"] * losses["pix"]
         i += p
     if tgt_diff is not None:
-        losses["diff"] = F.mse_loss(pred[..., i:i + p], tgt_diff)
+        losses["diff"] = F.mse_loss(pred[..., i:i + p][loss_mask], tgt_diff[loss_mask])
         loss = loss + cfg["diff_weight"] * losses["diff"]
     return loss, losses
 
@@ -341,6 +344,8 @@ def probes(vit, data) -> dict:
 def diagnostics(vit, x_u8: torch.Tensor) -> dict:
     vit.eval()
     w = vit.patch_embed.proj.weight                                       # (D, C, kt, kh, kw)
+    if w.ndim != 5:                                                       # stem=conv_maxpool: its 3x3x3 conv
+        w = vit.patch_embed.conv.weight
     w0, w1 = w[:, :, 0].flatten(1), -w[:, :, 1].flatten(1)
     out = {"embed_tcos": F.cosine_similarity(w0.flatten(), w1.flatten(), dim=0).item(),
            "embed_tcos_ch": F.cosine_similarity(w0, w1, dim=1).mean().item(),

@@ -48,6 +48,8 @@ def hf_config_from_vit(mc: dict) -> dict:
         why.append(f"pos_embed_type={mc['pos_embed_type']!r} (HF VideoMAE uses the 1-D sine-cosine table)")
     if mc.get("input_mode", "rgb") != "rgb":
         why.append(f"input_mode={mc['input_mode']!r} (HF VideoMAE embeds the frames themselves)")
+    if mc.get("stem", "linear") != "linear":
+        why.append(f"stem={mc['stem']!r} (HF VideoMAE's tubelet embedding is one linear Conv3d)")
     if mc.get("init_values") is not None:
         why.append(f"init_values={mc['init_values']} (LayerScale; HF VideoMAE has none)")
     use_mp = mc.get("use_mean_pooling", True)

@@ -550,3 +550,40 @@ def test_temporal_difference_embedding_init():
     assert mae.encoder.model_config["embed_init"] == "temporal_diff"
     w = mae.encoder.patch_embed.proj.weight
     assert torch.equal(w[:, :, 1], -w[:, :, 0])
+
+
+def test_conv_maxpool_stem_is_local_and_trains_in_the_mae():
+    """``stem="conv_maxpool"``: each token sees only its own tubelet (a masked tubelet cannot leak
+    into a visible one), visible-only embedding equals the full embedding, the config rebuilds it,
+    the MAE pretrains through it and HF export refuses it by name."""
+    from finetune.hf import HFConversionError, hf_config_from_vit
+    from pretrain.models.tubelets import ConvPoolEmbed3d
+
+    torch.manual_seed(0)
+    kw = dict(num_frames=8, img_size=32, patch_size=8, stem="conv_maxpool", stem_width=8)
+    enc = create_model("vit_test", **kw).eval()
+    assert isinstance(enc.patch_embed, ConvPoolEmbed3d) and enc.patch_embed.width == 8
+    x = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        tok = enc.patch_embed(x)                                      # (2, 4*4*4, D)
+        y = x.clone()
+        y[:, :, 2:4, 8:16, 16:24] += 3.0                              # tubelet (t=1, h=1, w=2) only
+        changed = (enc.patch_embed(y) - tok).abs().amax(-1) > 0
+        assert changed.sum().item() == 2 and changed[:, 1 * 16 + 1 * 4 + 2].all()
+        ids = torch.stack([torch.randperm(64)[:16] for _ in range(2)])
+        sub = enc.patch_embed(x, ids)
+        assert torch.allclose(sub, tok[torch.arange(2)[:, None], ids], atol=1e-6)
+    again = type(enc)(**enc.model_config)
+    assert type(again.patch_embed) is ConvPoolEmbed3d and again.model_config == enc.model_config
+    # tokens start at the scale of the position table, not 7x below it (the linear gets PyTorch's init)
+    assert tok.std() > 0.1
+    mae = create_model("videomae_test", **kw)
+    loss = mae(x)[0]
+    loss.backward()
+    assert mae.encoder.patch_embed.conv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="stem"):
+        create_model("vit_test", num_frames=8, img_size=32, patch_size=8, stem="nope")
+    with pytest.raises(ValueError, match="embed_init"):
+        create_model("vit_test", **kw, embed_init="temporal_diff")
+    with pytest.raises(HFConversionError, match="stem='conv_maxpool'"):
+        hf_config_from_vit(enc.model_config)

@@ -146,3 +146,48 @@ class PatchEmbed3d(nn.Module):
         if ids is None:
             return self.proj(x).flatten(2).transpose(1, 2)
         return self.proj(x, ids)
+
+
+class ConvPoolEmbed3d(nn.Module):
+    """A small convolutional tubelet embedding: ``stem="conv_maxpool"`` of :class:`VideoViT`.
+
+    Per tubelet (``kt x kh x kw`` pixels, zero-padded on its own so no token sees a neighbour's
+    pixels: masked tubelets cannot leak into visible ones): ``Conv3d(C, width, 3, padding=1)`` ->
+    ``BatchNorm`` -> ``ReLU`` -> max over the tubelet's positions -> ``Linear(width, D)``.
+
+    Why: a linear tubelet embedding sums its window linearly, and from a random start the small
+    ViT of the embedded benchmark never learns the motion classes through it; a max over the same
+    window of small space-time filters learns them (``benchmarks/vit_cnn_ablation.py``:
+    ``vit_poolstem`` 45.6 % vs ``vit`` 11.4 %). Same token grid and ``forward(x, ids)`` contract
+    as :class:`PatchEmbed3d`: ``forward(x, ids) == forward(x)[b, ids]`` (eval-mode BatchNorm; in
+    training the batch statistics come from the tubelets embedded).
+    """
+
+    def __init__(self, tubelet: Sequence[int] = (2, 16, 16), in_chans: int = 3, embed_dim: int = 768,
+                 width: int = 16):
+        super().__init__()
+        self.tubelet = tuple(int(k) for k in tubelet)
+        self.in_chans = in_chans
+        self.width = int(width)
+        self.conv = nn.Conv3d(in_chans, self.width, kernel_size=3, padding=1, bias=False)
+        self.bn = nn.BatchNorm3d(self.width)
+        self.proj = nn.Linear(self.width, embed_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """cnn3d's conv init (Kaiming normal, fan-out, ReLU) and PyTorch's default for the linear
+        (what a 1x1x1 Conv3d gets: the ablation's ``vit_poolstem``); the ViT's truncated-normal
+        0.02 would start the tokens ~7x smaller than the position table."""
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+        self.bn.reset_parameters()
+        self.proj.reset_parameters()
+
+    def forward(self, x: torch.Tensor, ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x: (B, C, T, H, W)`` -> ``(B, N, D)`` time-major, or ``(B, n, D)`` for ``ids: (B, n)``."""
+        b, c = x.shape[:2]
+        kt, kh, kw = self.tubelet
+        tubes = patchify(x, self.tubelet) if ids is None else gather_tubelets(x, ids, self.tubelet)
+        n = tubes.shape[1]
+        y = self.conv(tubes.reshape(b * n, c, kt, kh, kw))
+        y = F.relu(self.bn(y)).amax(dim=(2, 3, 4))
+        return self.proj(y).view(b, n, -1)

@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import Attention, DividedSpaceTimeBlock
 from .pos_embed import POS_EMBED_TYPES, build_pos_embed, pos_embed_for_grid
 from .registry import register_model
-from .tubelets import PatchEmbed3d, tubelet_grid
+from .tubelets import ConvPoolEmbed3d, PatchEmbed3d, tubelet_grid
 
 ATTN_TYPES = ("joint", "divided")
 INPUT_MODES = ("rgb", "rgb_diff")
@@ -48,6 +48,10 @@ def rgb_difference(x: torch.Tensor) -> torch.Tensor:
 
 
 EMBED_INITS = ("default", "temporal_diff")
+STEMS = ("linear", "conv_maxpool")
+"""``linear``: VideoMAE's tubelet embedding (one Conv3d, kernel = stride = tubelet);
+``conv_maxpool``: :class:`~pretrain.models.tubelets.ConvPoolEmbed3d` (3x3x3 filters, BatchNorm,
+ReLU, max over each tubelet, linear to the width)."""
 
 
 @torch.no_grad()
@@ -104,7 +108,7 @@ class VideoViT(nn.Module):
                  fc_norm: Optional[bool] = None, class_token: Optional[bool] = None, attn_type: str = "joint",
                  pos_embed_type: str = "sincos_1d", grad_checkpointing: bool = False, norm_eps: float = 1e-6,
                  input_mode: str = "rgb", embed_init: str = "default", embed_init_gain: float = 4.0,
-                 embed_init_share: float = 1.0):
+                 embed_init_share: float = 1.0, stem: str = "linear", stem_width: int = 16):
         super().__init__()
         self.model_config = dict(
             img_size=list(_pair(img_size)), patch_size=int(patch_size), num_frames=int(num_frames),
@@ -116,7 +120,14 @@ class VideoViT(nn.Module):
             use_mean_pooling=bool(use_mean_pooling), fc_norm=fc_norm, class_token=class_token,
             attn_type=attn_type, pos_embed_type=pos_embed_type, grad_checkpointing=bool(grad_checkpointing),
             norm_eps=float(norm_eps), input_mode=str(input_mode), embed_init=str(embed_init),
-            embed_init_gain=float(embed_init_gain), embed_init_share=float(embed_init_share))
+            embed_init_gain=float(embed_init_gain), embed_init_share=float(embed_init_share),
+            stem=str(stem), stem_width=int(stem_width))
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        if stem != "linear" and embed_init != "default":
+            raise ValueError(f"embed_init={embed_init!r} initialises the linear tubelet embedding; stem={stem!r} has none")
+        if stem_width < 1:
+            raise ValueError(f"stem_width must be >= 1, got {stem_width}")
         if embed_init not in EMBED_INITS:
             raise ValueError(f"embed_init must be one of {EMBED_INITS}, got {embed_init!r}")
         if embed_init == "temporal_diff" and tubelet_size < 2:
@@ -149,7 +160,8 @@ class VideoViT(nn.Module):
         self.num_prefix_tokens = 1 if use_cls else 0
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
 
-        self.patch_embed = PatchEmbed3d(self.tubelet, in_chans, embed_dim)
+        self.patch_embed = (PatchEmbed3d(self.tubelet, in_chans, embed_dim) if stem == "linear"
+                            else ConvPoolEmbed3d(self.tubelet, in_chans, embed_dim, stem_width))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_cls else None
         # fixed, so a non-persistent buffer: rebuilt from the config, never in a state dict
         self.register_buffer("pos_embed", build_pos_embed(pos_embed_type, self.grid_size, embed_dim), persistent=False)
@@ -169,6 +181,8 @@ class VideoViT(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
         self.apply(init_vit_weights)
+        if stem != "linear":
+            self.patch_embed.reset_parameters()
         if self.cls_token is not None:
             trunc_normal_(self.cls_token, std=0.02)
         if embed_init == "temporal_diff":
