@@ -14,6 +14,7 @@ import glob
 import json
 import math
 import os
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     results = load_results(args.runs)
     if not results:
-        print("tubelet compare: no results.json found in " + " ".join(args.runs))
+        print("tubelet compare: no results.json found in " + " ".join(args.runs), file=sys.stderr)
         return 1
     rel = Path(args.out).parent if args.out else None
     text = render_markdown(results, title=args.title, rel_to=rel, chance=args.chance)

@@ -261,7 +261,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     """Train ``cfg`` (resuming when possible), evaluate on ``data.val_shards``; returns results."""
     from finetune.baselines import BASELINE_INFO, count_params, gflops_per_clip
     from finetune.evaluate import evaluate_model, report_lines, save_confusion_png
-    from pretrain.data.loader import build_loader
+    from pretrain.data.loader import build_loader, resolve_shards
     from pretrain.optim import param_groups
     from pretrain.recipe import apply_recipe
     from pretrain.runtime import init_runtime
@@ -269,6 +269,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
     if not cfg.data.shards:
         raise ConfigError("data.shards: set the labeled training shards")
+    resolve_shards(cfg.data, "train")              # fail before anything is written
+    if cfg.data.val_shards:
+        resolve_shards(cfg.data, "eval")
     num_classes, classes = resolve_num_classes(cfg)
     baseline = is_baseline(cfg.model.name)
     if baseline and BASELINE_INFO[cfg.model.name].get("needs_flow"):

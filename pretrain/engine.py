@@ -174,7 +174,7 @@ def make_probe_callback(cfg: PretrainConfig, num_classes: int):
 
 def pretrain(cfg: PretrainConfig) -> list[dict]:
     """Train ``cfg`` to ``run.max_steps`` (resuming when possible); returns the metric records."""
-    from pretrain.data.loader import build_loader
+    from pretrain.data.loader import build_loader, resolve_shards
     from pretrain.optim import param_groups
     from pretrain.runtime import init_runtime
     from pretrain.trainer import Trainer, seed_everything
@@ -188,6 +188,7 @@ def pretrain(cfg: PretrainConfig) -> list[dict]:
             n = load_init(model, cfg.model.init)
             if rt.is_main:
                 print(f"[tubelet] warm start: {n} tensors from {cfg.model.init}", flush=True)
+        resolve_shards(cfg.data, "train")          # a missing data.shards fails before anything is written
         from pretrain.recipe import apply_recipe
 
         # epochs -> steps (optim.warmup_epochs; run.epochs / run.published_batch where RunConfig has them)

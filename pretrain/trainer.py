@@ -220,10 +220,44 @@ class Trainer:
     def fit(self) -> list[dict]:
         rt, run = self.runtime, self.run
         rank_state = self._resume()
+        fresh = rt.is_main and not (self.run_dir / "config.yaml").exists()
         self._start_outputs()
-        self._banner()
-        self.loader = self.make_loader(rank_state["loader"] if rank_state else None)
-        batches = iter(self.loader)
+        try:
+            self._banner()
+            self.loader = self.make_loader(rank_state["loader"] if rank_state else None)
+            batches = iter(self.loader)
+            return self._loop(batches, rank_state)
+        except Exception:
+            if fresh and self._last_saved < 0 and not list_checkpoints(self.run_dir):
+                self._remove_outputs()
+            raise
+
+    START_OUTPUTS = ("config.yaml", "metrics.jsonl", "recipe.json", "tb", "checkpoints")
+
+    def _remove_outputs(self) -> None:
+        """A new run that fails before its first checkpoint leaves nothing behind: the files it
+        started (``START_OUTPUTS``) go, and the run directory too when that leaves it empty."""
+        import shutil
+
+        if self.tracker is not None:
+            try:
+                self.tracker.finish()
+            except Exception:  # noqa: BLE001 — already failing; the original error is the one to show
+                pass
+            self.tracker = None
+        for name in self.START_OUTPUTS:
+            p = self.run_dir / name
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists():
+                p.unlink()
+        try:
+            self.run_dir.rmdir()
+        except OSError:
+            pass
+
+    def _loop(self, batches, rank_state) -> list[dict]:
+        rt, run = self.runtime, self.run
         if rank_state and rank_state.get("rng") is not None:
             restore_rng(rank_state["rng"])
         bar = None

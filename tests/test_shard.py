@@ -231,3 +231,11 @@ def test_verify_exit_codes(synth_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["verify", str(tmp_path / "empty"), "--no-progress"]) == 2
     assert main(["verify", str(tmp_path / "nowhere"), "--no-progress"]) == 2
+
+
+def test_shard_exits_non_zero_when_nothing_was_written(videos, tmp_path, capsys):
+    out = tmp_path / "none"
+    assert _shard_csv(videos, ["dogs/zero.mp4"], out) == 1
+    err = capsys.readouterr().err
+    assert "no video written: all 1 input(s) rejected" in err and "rejected.csv" in err
+    assert list(rejected(out).values()) == ["empty: zero-byte file"]

@@ -412,6 +412,21 @@ class Loader:
         self.relayout_from = {"ranks": len(olds), "consumers": n_old, "position": start}
 
 
+def resolve_shards(cfg: DataConfig, mode: str, shards: str | None = None) -> list[str]:
+    """The shard files a ``build_loader(cfg, mode, shards=...)`` would read; a ``ConfigError``
+    naming the field when there are none. Entry points call it before writing anything."""
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    field = "shards" if shards is not None else ("data.shards" if mode == "train" else "data.val_shards")
+    spec = shards if shards is not None else (cfg.shards if mode == "train" else cfg.val_shards)
+    if not spec:
+        raise ConfigError(f"{field}: no shards given")
+    try:
+        return list_shards(spec)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{field}: {e}") from None
+
+
 def build_loader(cfg: DataConfig, mode: str, *, shards: str | None = None, rank: int = 0, world_size: int = 1,
                  seed: int = 0, state: dict | None = None, num_clips: int | None = None,
                  num_crops: int | None = None) -> Loader:
@@ -420,16 +435,8 @@ def build_loader(cfg: DataConfig, mode: str, *, shards: str | None = None, rank:
     mode: ``train`` (infinite, resampled, shuffled, exact resume from ``state``) or ``eval`` (each
     sample once over all ranks and workers, ``num_clips x num_crops`` views per video).
     """
-    if mode not in ("train", "eval"):
-        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
-    field = "shards" if shards is not None else ("data.shards" if mode == "train" else "data.val_shards")
+    urls = resolve_shards(cfg, mode, shards)
     spec = shards if shards is not None else (cfg.shards if mode == "train" else cfg.val_shards)
-    if not spec:
-        raise ConfigError(f"{field}: no shards given")
-    try:
-        urls = list_shards(spec)
-    except FileNotFoundError as e:
-        raise ConfigError(f"{field}: {e}") from None
     if not (0 <= rank < world_size):
         raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
     if seed < 0:

@@ -366,6 +366,10 @@ def run(args: argparse.Namespace) -> int:
     except (InputError, OSError) as e:
         print(f"tubelet shard: {e}", file=sys.stderr)
         return 2
+    if c["ok"] == 0:
+        print(f"tubelet shard: no video written: all {c['rejected']} input(s) rejected; the reasons are in "
+              f"{Path(args.out) / 'rejected.csv'}", file=sys.stderr)
+        return 1
     print(f"shard: ok {c['ok']} ({c['new_ok']} new), rejected {c['rejected']} ({c['new_rejected']} new), "
           f"{c['shards']} shard(s) in {args.out}" + (f"; see {Path(args.out) / 'rejected.csv'}" if c["rejected"] else ""))
     return 0
