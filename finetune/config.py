@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pretrain.config import (DataConfig, DistConfig, ModelConfig, OptimConfig, RunConfig, _check)
+from pretrain.config import DataConfig, DistConfig, OptimConfig, RunConfig, _check
 
 
 @dataclass
@@ -45,12 +45,23 @@ class HeadConfig:
 
 
 @dataclass
-class FinetuneModelConfig(ModelConfig):
-    """The pretraining model section with the fine-tuning default encoder (``vit_small``), so that a
-    partial ``model`` section (``model.drop_path=0.1``) keeps it."""
+class FinetuneModelConfig:
+    """The model fine-tuning builds: its own section (the pretraining one's masking and warm-start
+    keys mean nothing here and are refused as unknown keys; the weights come from ``init``)."""
 
     name: str = "vit_small"
-    """Encoder name (``vit_*``, ``mvitv2_*``) or a baseline (``finetune.baselines.list_baselines()``)."""
+    """Encoder name (``vit_*``, ``mvitv2_*``) or a baseline (``finetune.baselines.list_baselines()``);
+    with ``init`` the encoder's architecture comes from that source and this only names the run."""
+    drop_path: float = 0.0
+    """Stochastic depth rate of the encoder (VideoMAE fine-tuning: 0.1 for ViT-B)."""
+    grad_checkpointing: bool = False
+    """Activation checkpointing in the encoder blocks (ViT and MViT encoders; not the baselines)."""
+    kwargs: dict = field(default_factory=dict)
+    """Extra keyword overrides passed to ``create_model`` / ``create_baseline`` (scratch only)."""
+
+    def __post_init__(self):
+        _check(bool(self.name), "model.name", "must be set")
+        _check(0.0 <= self.drop_path < 1.0, "model.drop_path", "must be in [0, 1)")
 
 
 @dataclass

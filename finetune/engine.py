@@ -16,6 +16,12 @@ loud warning when the videos per step differ from ``run.published_batch``. At th
 evaluated on ``data.val_shards`` with K clips × C crops per video (per-view and per-video top-1 /
 top-5); ``eval.json``, ``scores.npy`` + ``scores_keys.json``, ``confusion.png`` and ``results.json``
 (for ``tubelet compare``) land in ``run.dir``.
+
+Config sections: ``data``, ``model`` (encoder or baseline, drop path, activation checkpointing),
+``optim`` (VideoMAE fine-tuning defaults, layer decay), ``dist``, ``run`` (also ``epochs``,
+``published_batch``), ``head`` (kind, init, label smoothing, mixup / cutmix, random erasing), ``eval``
+and ``init``. ``tubelet config finetune [--config NAME]`` prints every key with its value and
+documentation.
 """
 
 from __future__ import annotations
@@ -130,6 +136,9 @@ def build_model(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, dict,
 
         if cfg.init:
             raise ConfigError(f"init: baselines ({name}) train from scratch; drop --init")
+        if cfg.model.grad_checkpointing:
+            raise ConfigError(f"model.grad_checkpointing: not supported by the baselines ({name}); "
+                              f"it applies to ViT and MViT encoders")
         kw = dict(cfg.model.kwargs)
         try:
             model = create_baseline(name, num_classes=num_classes, num_frames=cfg.data.num_frames,
@@ -157,6 +166,10 @@ def build_model(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, dict,
         except (TypeError, ValueError) as e:
             raise ConfigError(f"model.kwargs: {name}: {e}") from e
         how = "scratch"
+    if cfg.model.grad_checkpointing:
+        if not hasattr(enc, "set_grad_checkpointing"):
+            raise ConfigError(f"model.grad_checkpointing: {type(enc).__name__} has no activation checkpointing")
+        enc.set_grad_checkpointing(True)
     kw = {}
     if cfg.head.kind == "finetune":
         kw = {"head_dropout": cfg.head.dropout, "init_scale": cfg.head.init_scale}

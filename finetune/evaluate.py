@@ -238,10 +238,10 @@ def add_arguments(p) -> None:
     p.add_argument("--shards", default="", help="test shards (default: the run's data.val_shards)")
     p.add_argument("--num-clips", type=int, default=None, help="clips per video (default: data.test_num_clips)")
     p.add_argument("--num-crops", type=int, default=None, choices=(1, 3), help="crops per clip (default: data.test_num_crops)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="clips per forward pass (default: the run's)")
+    p.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: the run's)")
     p.add_argument("--out", default="", help="output directory (default: the model's run directory)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--probe", nargs="+", choices=("knn", "linear", "attentive"), default=None, metavar="KIND",
                    help="frozen-encoder probe(s) instead of evaluating a classifier: knn (DINO weighted k-NN, "
                         "k=20, T=0.07), linear (BatchNorm + linear, as MAE), attentive (one learned query)")

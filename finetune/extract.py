@@ -1,7 +1,7 @@
 """One embedding per video: the average of the encoder's pooled features over K uniformly spaced clips.
 
-    tubelet extract --encoder exports/enc --shards data/synth/test --out feats/test.npy --num-clips 4
-    tubelet extract --encoder runs/pt --shards data/synth/test --out feats/test.safetensors
+    tubelet extract --model exports/enc --shards data/synth/test --out feats/test.npy --num-clips 4
+    tubelet extract --model runs/pt --shards data/synth/test --out feats/test.safetensors
 
 Every video of the shards is read exactly once (the loader's eval mode: no shuffling, no
 resampling, each sample to one rank/worker; videos that fail to decode are skipped and counted).
@@ -28,21 +28,24 @@ import torch.nn as nn
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--encoder", required=True, metavar="PATH",
-                   help="encoder dir, run dir, checkpoint, HF VideoMAE dir or VideoMAE .pth")
+    from pretrain.cli_util import add_alias
+
+    add_alias(p, p.add_argument("--model", required=True, metavar="PATH",
+                                help="the encoder: exported encoder dir, run dir, checkpoint, HF VideoMAE dir "
+                                     "or VideoMAE .pth"), "--encoder")
     p.add_argument("--shards", required=True, help="shard directory, glob or brace list")
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.npy or FILE.safetensors")
     p.add_argument("--num-clips", type=int, default=4, help="uniformly spaced clips averaged per video (K)")
     p.add_argument("--format", choices=("npy", "safetensors"), default=None,
                    help="default: from the --out suffix (npy otherwise)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--backend", choices=("decord", "pyav"), default="decord")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per forward pass")
+    add_alias(p, p.add_argument("--workers", type=int, default=2, help="decoding worker processes"), "--num-workers")
+    p.add_argument("--backend", choices=("decord", "pyav"), default="decord", help="video decoder")
     p.add_argument("--sampling-rate", type=int, default=None, help="frame stride (default: the encoder's, else 4)")
     p.add_argument("--device", default=None, help="default: cuda when available")
     p.add_argument("--tokens", action="store_true", help="use the plain mean of the output tokens instead of the "
                    "encoder's pooled features (which may include an fc_norm)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def data_config(meta: dict, *, batch_size: int, num_workers: int, backend: str,
@@ -179,12 +182,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"tubelet extract: --num-clips must be >= 1, got {args.num_clips}", file=sys.stderr)
         return 2
     try:
-        src = open_source(args.encoder)
+        src = open_source(args.model)
     except (UnsafeCheckpointError, FileNotFoundError, ValueError) as e:
         print(f"tubelet extract: {e}", file=sys.stderr)
         return 2
     enc = src.encoder
-    cfg = source_data_config(src, batch_size=args.batch_size, num_workers=args.num_workers, backend=args.backend,
+    cfg = source_data_config(src, batch_size=args.batch_size, num_workers=args.workers, backend=args.backend,
                              sampling_rate=args.sampling_rate)
     rank, world = _dist()
     device = args.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")

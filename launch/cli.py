@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("finetune.import_cli", "import Hugging Face VideoMAE or original VideoMAE .pth checkpoints"),
     "extract": ("finetune.extract", "one embedding per video (K-clip average) to .npy or safetensors"),
     "compare": ("finetune.compare", "Markdown report comparing fine-tuned models and baselines"),
+    "config": ("launch.config_cmd", "print a merged config with every key's documentation (the key reference)"),
     "demo": ("launch.demo", "run the whole pipeline on the embedded synthetic benchmark"),
     "bench": ("launch.bench", "run the speed benchmarks (see benchmarks/)"),
 }

@@ -30,6 +30,15 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return (text + " " if text else "") + "(default: %(default)s)"
 
 
+def add_alias(parser: argparse.ArgumentParser, action: argparse.Action, *aliases: str) -> argparse.Action:
+    """Old flag names that keep working for ``action`` without showing in ``--help``."""
+    for a in aliases:
+        if a in parser._option_string_actions:
+            raise ValueError(f"flag {a} is taken")
+        parser._option_string_actions[a] = action
+    return action
+
+
 def one_line(e: BaseException) -> str:
     """The message of ``e`` on one line; ``OSError`` as ``'<what>: <path>'``."""
     if isinstance(e, OSError) and e.filename is not None and e.strerror:

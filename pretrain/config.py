@@ -183,8 +183,9 @@ class ModelConfig:
     """Registered model name (``pretrain.models.list_models()``)."""
     mask_type: str = "tube"
     """Encoder masking: ``tube`` (same spatial mask every time step) or ``random``."""
-    mask_ratio: float = 0.9
-    """Share of tubelets hidden from the encoder."""
+    mask_ratio: Optional[float] = None
+    """Share of tubelets hidden from the encoder (unset: the model's own default, VideoMAE 0.9,
+    MaskFeat 0.4)."""
     decoder_mask_ratio: float = 0.0
     """VideoMAE V2 running-cell decoder masking: share of masked tubelets NOT reconstructed."""
     drop_path: float = 0.0
@@ -200,7 +201,8 @@ class ModelConfig:
     def __post_init__(self):
         _check(bool(self.name), "model.name", "must be set")
         _check(self.mask_type in ("tube", "random"), "model.mask_type", f"must be tube|random, got {self.mask_type!r}")
-        _check(0.0 <= self.mask_ratio < 1.0, "model.mask_ratio", f"must be in [0, 1), got {self.mask_ratio}")
+        _check(self.mask_ratio is None or 0.0 <= self.mask_ratio < 1.0, "model.mask_ratio",
+               f"must be in [0, 1), got {self.mask_ratio}")
         _check(0.0 <= self.decoder_mask_ratio < 1.0, "model.decoder_mask_ratio", "must be in [0, 1)")
         _check(0.0 <= self.drop_path < 1.0, "model.drop_path", "must be in [0, 1)")
 

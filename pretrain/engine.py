@@ -9,6 +9,11 @@ Overrides are dotted ``key=value`` pairs (``run.max_steps=200 dist.grad_accum=2`
 run directory is resumed from its newest complete checkpoint (``run.resume=true``). Writes
 ``config.yaml``, ``metrics.jsonl``, ``tb/``, ``checkpoints/``, ``recon_step*.png``, ``loss.png``
 and ``final/{model.safetensors,config.json}`` into ``run.dir``.
+
+Config sections: ``data`` (shards, clip sampling, augmentation, cache), ``model`` (pretrainer,
+masking, warm start), ``optim`` (AdamW, LR rule, schedule), ``dist`` (DeepSpeed / DDP, precision,
+accumulation), ``run`` (length, checkpoints, logging, probes). ``tubelet config pretrain [--config
+NAME]`` prints every key with its value and documentation.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_kwargs(cfg: PretrainConfig) -> dict:
     """Keyword arguments for ``create_model(cfg.model.name, ...)`` (clip size from ``cfg.data``)."""
+    ratio = {} if cfg.model.mask_ratio is None else {"mask_ratio": cfg.model.mask_ratio}  # else the model's own
     return {"num_frames": cfg.data.num_frames, "img_size": cfg.data.img_size,
-            "mask_type": cfg.model.mask_type, "mask_ratio": cfg.model.mask_ratio,
+            "mask_type": cfg.model.mask_type, **ratio,
             "decoder_mask_ratio": cfg.model.decoder_mask_ratio, "drop_path_rate": cfg.model.drop_path,
             "grad_checkpointing": cfg.model.grad_checkpointing, **cfg.model.kwargs}
 

@@ -85,3 +85,39 @@ def test_compare_without_results_errs_on_stderr(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 1
     cap = capsys.readouterr()
     assert "no results.json" in cap.err and "no results.json" not in cap.out
+
+
+@pytest.mark.parametrize("stage,preset", [("pretrain", "synth_tiny"), ("finetune", "synth_vit")])
+def test_config_show_documents_every_key_and_reads_back(stage, preset, tmp_path, capsys):
+    """``tubelet config STAGE`` is the key reference: every key has its documentation above it,
+    and the output is YAML that ``--config`` reads back into the same config."""
+    from launch.config_cmd import config_class
+    from pretrain.config import load_config, to_dict
+
+    assert main(["config", stage, "--config", preset, "run.seed=3"]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    keys = [i for i, ln in enumerate(lines) if ln.startswith("  ") and not ln.lstrip().startswith("#")]
+    assert len(keys) > 40 and all(lines[i - 1].lstrip().startswith("#") for i in keys)
+    (tmp_path / "c.yaml").write_text(text)
+    cls = config_class(stage)
+    assert to_dict(load_config(cls, tmp_path / "c.yaml")) == to_dict(load_config(cls, preset, ["run.seed=3"]))
+    assert main(["config", stage, "--brief"]) == 0
+    assert "#" not in capsys.readouterr().out.split("shards")[0]
+    with pytest.raises(SystemExit):
+        main([stage, "--help"])
+    assert f"tubelet config {stage}" in capsys.readouterr().out
+
+
+def test_one_flag_name_per_idea_old_names_hidden(capsys):
+    """``--model`` names the model a command reads (evaluate, extract); ``--workers`` the decoding
+    processes. The old ``extract --encoder`` / ``--num-workers`` still parse but are not advertised."""
+    from finetune import extract
+    from pretrain.cli_util import build_parser, parse
+
+    p = build_parser(extract, "tubelet extract")
+    new = parse(p, ["--model", "m", "--shards", "s", "--out", "o.npy", "--workers", "3"])
+    old = parse(p, ["--encoder", "m", "--shards", "s", "--out", "o.npy", "--num-workers", "3"])
+    assert vars(new) == vars(old) and new.model == "m" and new.workers == 3
+    text = p.format_help()
+    assert "--model" in text and "--workers" in text and "--encoder" not in text and "--num-workers" not in text

@@ -55,3 +55,40 @@ def test_save_and_reload_round_trip(tmp_path):
     assert again == cfg
     with pytest.raises(ConfigError, match="head.kind"):
         load_config(FinetuneConfig, None, ["head.kind=svm"])
+
+
+@pytest.mark.parametrize("key", ["model.mask_ratio=0.5", "model.init=/x", "model.mask_type=random",
+                                 "model.decoder_mask_ratio=0.5"])
+def test_finetune_model_section_refuses_pretraining_keys(key):
+    """Fine-tuning has its own model section: the pretraining masking / warm-start keys would be
+    accepted and ignored, so they fail naming the field."""
+    with pytest.raises(ConfigError, match=key.split("=")[0].split(".")[1]):
+        load_config(FinetuneConfig, None, [key])
+    cfg = load_config(FinetuneConfig, None, ["model.grad_checkpointing=true", "model.drop_path=0.1"])
+    assert cfg.model.grad_checkpointing and cfg.model.name == "vit_small"
+
+
+def test_finetune_grad_checkpointing_reaches_the_encoder():
+    from finetune.engine import build_model
+
+    cfg = load_config(FinetuneConfig, None, ["model.name=vit_test", "data.num_frames=4", "data.img_size=32",
+                                             "model.grad_checkpointing=true", "model.kwargs.patch_size=16"])
+    model, _, how = build_model(cfg, 3)
+    assert how == "scratch" and model.encoder.grad_checkpointing
+    cfg = load_config(FinetuneConfig, None, ["model.name=cnn3d", "model.grad_checkpointing=true"])
+    with pytest.raises(ConfigError, match="model.grad_checkpointing"):
+        build_model(cfg, 3)
+
+
+def test_mask_ratio_defaults_to_the_models_own():
+    """Unset ``model.mask_ratio``: VideoMAE keeps 0.9 and MaskFeat its 0.4 (the config no longer
+    shadows MaskFeat's default with VideoMAE's)."""
+    from pretrain.engine import build_model
+
+    base = ["data.num_frames=4", "data.img_size=32"]
+    mae = build_model(load_config(PretrainConfig, None, base + ["model.name=videomae_test", "model.kwargs.patch_size=16"]))
+    assert mae.mask_ratio == 0.9
+    mf = build_model(load_config(PretrainConfig, None, base + ["model.name=maskfeat_mvitv2_test"]))
+    assert mf.mask_ratio == 0.4
+    mf = build_model(load_config(PretrainConfig, None, base + ["model.name=maskfeat_mvitv2_test", "model.mask_ratio=0.6"]))
+    assert mf.mask_ratio == 0.6
