@@ -312,6 +312,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
             return build_loader(cfg.data, "train", rank=rt.rank, world_size=rt.world_size, seed=cfg.run.seed,
                                 state=state)
 
+        # evaluation runs in the training precision (DeepSpeed bf16/fp16 keeps the weights in it)
+        eval_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(rt.precision)
         callbacks = []
         if cfg.eval.every and cfg.data.val_shards:
             def periodic_eval(trainer, batch):
@@ -319,6 +321,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                     return
                 s = evaluate_model(rt.module, cfg.data, cfg.data.val_shards, num_classes, num_clips=1, num_crops=1,
                                    rank=rt.rank, world_size=rt.world_size, device=rt.device, progress=False,
+                                   autocast_dtype=eval_dtype,
                                    max_videos=cfg.eval.max_videos, forward=classifier_forward)
                 if rt.is_main:
                     with open(Path(cfg.run.dir) / "val.jsonl", "a") as f:
@@ -351,6 +354,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
             summary = evaluate_model(rt.module, cfg.data, cfg.data.val_shards, num_classes,
                                      num_clips=cfg.data.test_num_clips, num_crops=cfg.data.test_num_crops,
                                      rank=rt.rank, world_size=rt.world_size, device=rt.device, class_names=classes,
+                                     autocast_dtype=eval_dtype,
                                      progress=cfg.run.progress, forward=classifier_forward,
                                      scores_dir=cfg.run.dir)
             results.update(top1=summary["top1"], top5=summary["top5"], eval_videos=summary["num_videos"],

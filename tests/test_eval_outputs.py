@@ -161,3 +161,23 @@ def test_view_protocol_segment():
     d = DataConfig(sampling="segment", num_frames=16)
     assert view_protocol(d, 2, 3) == ("2 clips (16 segments, frame at 1/4, 3/4 of each) x 3 crops "
                                       "along the long side, softmax average")
+
+
+def test_evaluation_runs_in_bf16_weights_under_autocast(data):
+    """DeepSpeed bf16 keeps the weights in bf16: evaluation autocasts in the training precision
+    (``finetune`` passes ``autocast_dtype`` from the runtime) and scores agree with fp32."""
+    import torch
+
+    from finetune.evaluate import evaluate_model
+    from finetune.heads import build_classifier
+    from pretrain.models import create_model
+
+    torch.manual_seed(0)
+    cfg = load_config(FinetuneConfig, None, DATA)
+    enc = create_model("vit_test", num_frames=8, img_size=32, patch_size=8, tubelet_size=2)
+    model = build_classifier("finetune", enc, 10, init_scale=1.0).eval()
+    kw = dict(num_clips=1, num_crops=1, progress=False)
+    ref = evaluate_model(model, cfg.data, str(data / "test"), 10, **kw)
+    half = evaluate_model(model.to(torch.bfloat16), cfg.data, str(data / "test"), 10, autocast_dtype=torch.bfloat16, **kw)
+    assert half["num_videos"] == ref["num_videos"] == 10
+    assert abs(half["top1"] - ref["top1"]) <= 0.2          # bf16 rounding may flip a near-tie or two
