@@ -91,18 +91,20 @@ PRESETS = {
     # the recipe under which the scratch ViT learns (lr 5e-4, no layer decay, head at full scale).
     # 20 and 100 labels/class x 3 seeds against cnn3d and C3D; single-frame and order-blind late
     # fusion once. Patch 8 on 32 px (4 x 4 x 8 = 128 tubelets); tube masking 0.75 keeps 4 of 16
-    # positions visible. Sized for about an hour on a quiet 2-core CPU.
+    # positions visible. The baselines get the ViTs' 1000 steps (at 600, cnn3d and C3D sat on the
+    # ln-10 plateau for most of the run on 2 of 3 seeds at 100 labels/class: 15.4 / 13.4 % for cnn3d,
+    # 10.0 / 12.6 % for C3D). Measured: 41 min with 600 baseline steps on a quiet 2-core CPU.
     "full": Preset(videos_per_class=[20, 100], pretrain_videos=4000, test_per_class=50, pretrain_steps=6000,
                    pretrain_model="videomae_test", encoder="vit_test",
                    encoder_kw="patch_size: 8, tubelet_size: 2, embed_dim: 128, num_heads: 4, embed_init: temporal_diff",
-                   pretrain_overrides=["model.mask_ratio=0.75"], finetune_steps=1000, baseline_steps=600,
+                   pretrain_overrides=["model.mask_ratio=0.75"], finetune_steps=1000, baseline_steps=1000,
                    baselines=["single_frame", "late_fusion_avg", "cnn3d", "c3d"],
                    seeds=[0, 1, 2], repeated_models=["cnn3d", "c3d"], pretrain_batch=16, num_repeats=4, workers=1,
                    vit_overrides=["optim.lr=5e-4", "optim.layer_decay=1.0", "head.init_scale=1.0",
                                   "model.drop_path=0.0", "optim.warmup_steps=100"],
                    probe_every=1500, checks=("single_frame", "late_fusion", "cnn3d", "loss", "pngs", "probe",
                                              "headline"),
-                   est_seconds={"synth": 40, "pretrain": 400, "finetune": 110, "baseline": 110, "compare": 3,
+                   est_seconds={"synth": 90, "pretrain": 330, "finetune": 70, "baseline": 150, "compare": 3,
                                 "export": 20}),
     # every baseline of the zoo once (100 labels/class, seed 0, 600 steps; r2plus1d_18 is left out:
     # 1.4 s per step here), with the quick preset's pretraining
@@ -212,6 +214,43 @@ def run_stage(stage: Stage, out: Path, env: dict) -> tuple[int, float]:
     return rc, time.perf_counter() - t0
 
 
+def _arg(argv: list[str], key: str) -> str | None:
+    """The value of ``key=value`` or of the option ``key`` in a stage's command line."""
+    for i, a in enumerate(argv):
+        if a.startswith(key + "="):
+            return a.split("=", 1)[1]
+        if a == key and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def stage_done(stage: Stage) -> bool:
+    """Whether an earlier demo run already completed ``stage`` exactly as planned (``--resume``).
+    A fine-tune or baseline run directory that does not match (other step count, no results) is
+    removed here, so the stage starts fresh instead of resuming a different schedule."""
+    import shutil
+
+    if stage.kind == "synth":
+        d = Path(_arg(stage.argv, "--out"))
+        return all((d / split / "manifest.json").is_file() for split in ("train", "test"))
+    if stage.kind == "pretrain":
+        from pretrain.checkpoint import list_checkpoints
+
+        d = Path(_arg(stage.argv, "run.dir"))
+        ck = list_checkpoints(d) if d.is_dir() else []
+        return (d / "final" / "model.safetensors").is_file() and bool(ck) and \
+            ck[-1][0] == int(_arg(stage.argv, "run.max_steps"))
+    if stage.kind in ("finetune", "baseline"):
+        d = Path(_arg(stage.argv, "run.dir"))
+        f = d / "results.json"
+        if f.is_file() and json.loads(f.read_text()).get("steps") == int(_arg(stage.argv, "run.max_steps")):
+            return True
+        if d.exists():
+            shutil.rmtree(d)
+        return False
+    return False                                          # compare / export: cheap, always rerun
+
+
 def _result(out: Path, run: str) -> dict | None:
     f = out / "ft" / run / "results.json"
     return json.loads(f.read_text()) if f.is_file() else None
@@ -315,6 +354,10 @@ def add_arguments(p) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     p.add_argument("--out", default="", help="output directory (default: demo_<preset>)")
     p.add_argument("--keep-going", action="store_true", help="continue after a failed stage")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the stages an earlier run in --out completed with the same settings (data, a "
+                        "finished pretraining, fine-tunes whose results.json has the planned steps); a stage "
+                        "whose run differs from the plan is removed and run again")
 
 
 def run(args) -> int:
@@ -331,14 +374,19 @@ def run(args) -> int:
     print(f"tubelet demo ({args.preset}): {len(stages)} stages, about {sum(weights) / 60:.0f} min estimated; "
           f"logs in {out / 'logs'}", flush=True)
     t_start = time.perf_counter()
-    failed = []
+    failed, reused = [], []
     with tqdm(total=sum(weights), unit="est-s", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} est-s [{elapsed}<{remaining}]",
               dynamic_ncols=True) as bar:
         for stage, w in zip(stages, weights):
             bar.set_description(stage.name)
-            rc, dt = run_stage(stage, out, env)
+            if args.resume and stage_done(stage):
+                reused.append(stage.name)
+                rc, dt = 0, 0.0
+            else:
+                rc, dt = run_stage(stage, out, env)
             bar.update(w)
-            line = f"  {stage.name:<28} {'ok' if rc == 0 else f'FAILED (exit {rc})'}  {dt:6.1f} s"
+            status = "reused" if reused and reused[-1] == stage.name else "ok" if rc == 0 else f"FAILED (exit {rc})"
+            line = f"  {stage.name:<28} {status:<6}  {dt:6.1f} s"
             r = _result(out, stage.name)
             if r and r.get("top1") is not None:
                 line += f"   top-1 {100 * r['top1']:.1f}%"
@@ -358,7 +406,9 @@ def run(args) -> int:
         lines += ["", "## Pretraining probes", "", "![probe curve](pretrain/probe.png)", ""]
     lines += ["", "## Checks (measured in this run)", ""]
     lines += [f"- {'INFO' if ok is None else 'PASS' if ok else 'FAIL'} — {c}: {m}" for c, ok, m in claims]
-    lines += ["", f"Total demo time: {total / 60:.1f} min (preset {args.preset}).", ""]
+    lines += ["", f"Total demo time: {total / 60:.1f} min (preset {args.preset})"
+              + (f"; {len(reused)} of {len(stages)} stages reused from an earlier run (--resume)" if reused else "")
+              + ".", ""]
     if report.is_file():
         report.write_text(report.read_text() + "\n".join(lines))
         print(report.read_text())

@@ -80,3 +80,25 @@ def test_pretrained_and_scratch_vit_share_everything_but_the_init(tmp_path):
         strip = lambda argv: sorted(a for a in argv if not a.startswith(("run.dir=", "model.kwargs=", "--init"))
                                     and "/pretrain" not in a)
         assert strip(pt) == strip(sc)
+
+
+def test_resume_reuses_only_stages_that_match_the_plan(tmp_path):
+    """``tubelet demo --resume``: data with manifests and fine-tunes whose results.json has the
+    planned step count are reused; a fine-tune run with another step count is removed and rerun;
+    compare and export always rerun."""
+    from launch.demo import PRESETS, plan, stage_done
+
+    stages = {s.name: s for s in plan(PRESETS["full"], tmp_path)}
+    for split in ("train", "test"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        (tmp_path / "data" / split / "manifest.json").write_text("{}")
+    assert stage_done(stages["synth"]) and not stage_done(stages["synth_20"])
+    assert not stage_done(stages["pretrain"])
+    ok, stale = tmp_path / "ft" / "vit_scratch_l20_s0", tmp_path / "ft" / "cnn3d_l100_s1"
+    ok.mkdir(parents=True)
+    (ok / "results.json").write_text(json.dumps({"steps": PRESETS["full"].finetune_steps, "top1": 0.5}))
+    stale.mkdir(parents=True)
+    (stale / "results.json").write_text(json.dumps({"steps": 600, "top1": 0.15}))    # an older plan's 600 steps
+    assert stage_done(stages["vit_scratch_l20_s0"]) and ok.is_dir()
+    assert not stage_done(stages["cnn3d_l100_s1"]) and not stale.exists()
+    assert not stage_done(stages["compare"]) and not stage_done(stages["export_onnx"])
