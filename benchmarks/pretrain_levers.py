@@ -46,7 +46,6 @@ Single-threaded by default (``--threads 1``); results of a session are in ``benc
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -355,7 +354,7 @@ def diagnostics(vit, x_u8: torch.Tensor) -> dict:
     x = norm(x_u8)
     grid = vit.grid_size
     h = vit.patch_embed(vit.prepare_input(x)) + vit.pos_embed_for(grid)
-    ents, tcos = [], []
+    ents = []
     for blk in vit.blocks:
         a = blk.attn
         y = blk.norm1(h)

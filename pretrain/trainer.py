@@ -218,7 +218,7 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------
     def fit(self) -> list[dict]:
-        rt, run = self.runtime, self.run
+        rt = self.runtime
         rank_state = self._resume()
         fresh = rt.is_main and not (self.run_dir / "config.yaml").exists()
         self._start_outputs()

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import av  # imported with the module: a worker has it loaded before its first (timed) task
-import numpy as np
 
 from pretrain.data.video_io import zero_padded_yuv420p  # noqa: F401  (re-exported)
 
