@@ -56,7 +56,11 @@ def _check(grid: Sequence[int], ratio: float, name: str) -> tuple:
     return grid
 
 
+@torch.compiler.disable
 def _noise(shape, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Every mask's randomness. Kept out of ``torch.compile`` graphs: inductor would draw from its own
+    Philox stream, so a compiled run (``run.compile``) would mask differently from the eager one and
+    lose exact resume; eagerly the draws come from torch's RNG as everywhere else."""
     dev = generator.device if generator is not None else "cpu"
     return torch.rand(shape, generator=generator, device=dev)
 
