@@ -9,6 +9,7 @@ large matmul timed in the same rounds: achieved FLOP/s (FLOPs counted with
 
     python benchmarks/pretrain_step.py                       # CPU, fp32 (the acceptance setting)
     python benchmarks/pretrain_step.py --repeats 10 --threads 2
+    python benchmarks/pretrain_step.py --compile             # + our model under torch.compile (run.compile)
     python benchmarks/pretrain_step.py --threads 1 --clock cpu     # steadier on a busy shared machine
     python benchmarks/pretrain_step.py --device cuda --dtype bf16 --size base --batch 16   # MFU for ViT-B
 
@@ -107,6 +108,9 @@ def main() -> int:
                    help="wall: elapsed time (the real measure); cpu: this process's CPU time, steadier on a shared "
                         "machine when used with --threads 1 (other processes' load is not charged to us)")
     p.add_argument("--no-peer", action="store_true", help="skip the transformers model")
+    p.add_argument("--compile", action="store_true",
+                   help="also time our model under torch.compile (inductor; what run.compile=true does), same "
+                        "weights and mask; its first steps (compilation) are warmup")
     p.add_argument("--peak-tflops", type=float, default=0.0,
                    help="nominal device peak (e.g. 989 for H100 SXM bf16) to also report MFU against")
     args = p.parse_args()
@@ -127,6 +131,11 @@ def main() -> int:
     masks = ours.sample_masks(args.batch, grid, dev, gen)[0]    # one fixed mask for both models
     runners = [Runner("ours", ours, lambda m: m(video, masks=masks)[0], dev, args.dtype),
                Runner("ours dec-mask 0.5", ours_dm, lambda m: m(video, masks=masks)[0], dev, args.dtype)]
+    if args.compile:
+        twin = create_model(f"videomae_{args.size}", **common).to(dev)
+        twin.load_state_dict(ours.state_dict())
+        runners.append(Runner("ours compiled", torch.compile(twin), lambda m: m(video, masks=masks)[0], dev,
+                              args.dtype))
     if not args.no_peer:
         from transformers import VideoMAEConfig, VideoMAEForPreTraining
         cfg = VideoMAEConfig(**hf_config_kwargs(ours), attn_implementation="sdpa")
@@ -160,9 +169,15 @@ def main() -> int:
         sync(dev)
         mm_times.append((clock() - t0) / (1 if dev == "cpu" else 20))
 
-    flops = {r.name: r.count_flops() for r in runners}
+    eager = [r for r in runners if r.name != "ours compiled"]
+    flops = {r.name: r.count_flops() for r in eager}
     # torch's stock counter skips the CPU flash-attention kernels; shown for comparison only
-    flops_stock = {r.name: r.count_flops(attention_on_cpu=False) for r in runners} if dev == "cpu" else flops
+    flops_stock = {r.name: r.count_flops(attention_on_cpu=False) for r in eager} if dev == "cpu" else dict(flops)
+    if args.compile:                   # the same work; counting inside a compiled graph is not reliable
+        flops["ours compiled"], flops_stock["ours compiled"] = flops["ours"], flops_stock["ours"]
+        t0 = time.perf_counter()
+        runners[-1].step()
+        print(f"torch.compile: first compiled step (compilation included) {time.perf_counter() - t0:.1f} s")
     for _ in range(args.warmup):
         time_matmul()
         for r in runners:
@@ -195,6 +210,11 @@ def main() -> int:
         print(f"ours dec-mask 0.5 / transformers:          {med['ours dec-mask 0.5'] / med['transformers']:.3f}"
               f"  (target <= 0.6)")
         print(f"FLOPs ours / transformers:                 {flops['ours'] / flops['transformers']:.3f}")
+        if "ours compiled" in med:
+            print(f"ours compiled / transformers:              {med['ours compiled'] / med['transformers']:.3f}"
+                  f"  (target <= 0.75)")
+    if "ours compiled" in med:
+        print(f"ours compiled / ours eager:                {med['ours compiled'] / med['ours']:.3f}")
     if args.peak_tflops:
         for r in runners:
             print(f"MFU {r.name} vs nominal {args.peak_tflops:.0f} TFLOP/s: "
