@@ -98,7 +98,8 @@ def test_resume_reuses_only_stages_that_match_the_plan(tmp_path):
     ok.mkdir(parents=True)
     (ok / "results.json").write_text(json.dumps({"steps": PRESETS["full"].finetune_steps, "top1": 0.5}))
     stale.mkdir(parents=True)
-    (stale / "results.json").write_text(json.dumps({"steps": 600, "top1": 0.15}))    # an older plan's 600 steps
+    other = PRESETS["full"].baseline_steps + 400                                       # an older plan's steps
+    (stale / "results.json").write_text(json.dumps({"steps": other, "top1": 0.15}))
     assert stage_done(stages["vit_scratch_l20_s0"]) and ok.is_dir()
     assert not stage_done(stages["cnn3d_l100_s1"]) and not stale.exists()
     assert not stage_done(stages["compare"]) and not stage_done(stages["export_onnx"])
