@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pretrain.models import create_model  # noqa: E402
-from pretrain.models.hf_videomae import hf_config_kwargs, hf_state_dict  # noqa: E402
+from finetune.interop.hf import hf_config_kwargs, hf_state_dict  # noqa: E402
 
 aten = torch.ops.aten
 

@@ -36,9 +36,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from finetune.config import FinetuneConfig
+from finetune.interop.native import CLASSIFIER_FORMAT
 from pretrain.config import ConfigError, load_config
-
-CLASSIFIER_FORMAT = "tubelet-classifier"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +83,7 @@ def transfer_encoder(src: nn.Module, drop_path_rate: float | None = None, what: 
     ``drop_path_rate`` replaces the source's. Returns ``(encoder, load report)``; the key set is
     checked exactly (only ``norm.*`` dropped, only ``fc_norm.*`` fresh).
     """
-    from finetune.importers import load_exact
+    from finetune.interop.weights import load_exact
     from pretrain.models.vit import VideoViT
 
     mc = dict(getattr(src, "model_config", {}) or {})
@@ -111,7 +110,7 @@ def transfer_encoder(src: nn.Module, drop_path_rate: float | None = None, what: 
 
 def _encoder_from_init(cfg: FinetuneConfig) -> tuple[nn.Module, str]:
     """Rebuild the initial encoder with the fine-tuning drop path, loading the weights exactly."""
-    from finetune.export import load_encoder
+    from finetune.interop.sources import load_encoder
 
     src = load_encoder(cfg.init)
     mc = dict(getattr(src, "model_config", {}) or {})
@@ -147,7 +146,7 @@ def build_model(cfg: FinetuneConfig, num_classes: int) -> tuple[nn.Module, dict,
             raise ConfigError(f"model.kwargs: {name}: {e}") from e
         spec = {"arch": "baseline", "name": name, "kwargs": kw}
         return model, spec, "scratch"
-    from finetune.export import encoder_config
+    from finetune.interop.native import encoder_config
     from finetune.heads import build_classifier
     from pretrain.models import create_model, is_model
 
@@ -187,7 +186,7 @@ def rebuild(spec: dict, num_classes: int, num_frames: int, img_size: int) -> nn.
         return create_baseline(spec["name"], num_classes=num_classes, num_frames=num_frames, img_size=img_size,
                                **spec.get("kwargs", {}))
     from finetune.heads import build_classifier
-    from finetune.sources import build_from_config
+    from finetune.interop.native import build_from_config
 
     enc = build_from_config(spec["encoder"])
     return build_classifier(spec["head"], enc, num_classes, **spec.get("head_kwargs", {}))
@@ -196,8 +195,8 @@ def rebuild(spec: dict, num_classes: int, num_frames: int, img_size: int) -> nn.
 def load_finetuned(path: str | Path, device="cpu"):
     """(model in eval mode, FinetuneConfig, meta) from a fine-tune run dir or its ``final/`` dir."""
     from finetune.config import FinetuneConfig
-    from finetune.importers import load_exact
-    from finetune.safe_load import read_state_dict
+    from finetune.interop.weights import load_exact
+    from finetune.interop.safe_load import read_state_dict
 
     p = Path(path)
     final = p / "final" if (p / "final" / "config.json").is_file() else p

@@ -256,8 +256,8 @@ def run_probe_cli(args) -> int:
     import sys
 
     from finetune.extract import _dist, source_data_config
-    from finetune.safe_load import UnsafeCheckpointError
-    from finetune.sources import open_source
+    from finetune.interop.safe_load import UnsafeCheckpointError
+    from finetune.interop.sources import open_source
     from pretrain.data.shards import read_classes
     from pretrain.probe import ProbeError, probe_encoder
 

@@ -61,7 +61,7 @@ def data_config(meta: dict, *, batch_size: int, num_workers: int, backend: str,
 
 def source_data_config(src, *, batch_size: int, num_workers: int, backend: str = "decord",
                        sampling_rate: Optional[int] = None):
-    """:func:`data_config` for a :class:`finetune.sources.Source`: the encoder's clip geometry
+    """:func:`data_config` for a :class:`finetune.interop.weights.Source`: the encoder's clip geometry
     (its ``model_config``, else what the source recorded) and the source's normalisation."""
     mc = getattr(src.encoder, "model_config", {})
     img = mc.get("img_size", src.data.get("img_size"))
@@ -175,8 +175,8 @@ def _dist() -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from finetune.safe_load import UnsafeCheckpointError
-    from finetune.sources import open_source
+    from finetune.interop.safe_load import UnsafeCheckpointError
+    from finetune.interop.sources import open_source
 
     if args.num_clips < 1:
         print(f"tubelet extract: --num-clips must be >= 1, got {args.num_clips}", file=sys.stderr)

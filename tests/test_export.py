@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from _interop_util import randomize, tiny_vit, video_input, write_shards
-from finetune.export import export_onnx, load_encoder, save_encoder
-from finetune.hf import HFConversionError
+from finetune.interop.hf import HFConversionError, export_hf
+from finetune.interop.native import save_encoder
+from finetune.interop.onnx import export_onnx
+from finetune.interop.sources import load_encoder
 from launch.cli import main as tubelet
 
 
@@ -101,12 +103,10 @@ def test_export_from_deepspeed_run(stage, tmp_path):
     if stage == 2:
         # the whole pretrainer: warm start of a fresh model from the run, and out to HF with its decoder
         from pretrain.config import PretrainConfig, load_config
-        from pretrain.engine import build_model
-
-        from finetune.export import load_pretrainer_init
+        from pretrain.engine import build_model, load_init
 
         mae = build_model(load_config(PretrainConfig, run / "config.yaml"))
-        assert load_pretrainer_init(run, mae)["tensors"] == len(final)
+        assert load_init(mae, str(run)) == len(final)
         assert all(torch.equal(v, final[k]) for k, v in mae.state_dict().items())
         args = ["export", "--from", str(run), "--out", str(tmp_path / "hf_pt"), "--format", "hf", "--with-decoder"]
         assert tubelet(args) == 0
@@ -166,8 +166,40 @@ def test_hf_refuses_what_it_cannot_express(kw, why, tmp_path, capsys):
 
 
 def test_hf_refuses_mvit(tmp_path):
-    from finetune.export import export_hf
     from pretrain.models import create_model
 
     with pytest.raises(HFConversionError, match="only VideoViT"):
         export_hf(create_model("mvitv2_test", num_frames=4, img_size=32), tmp_path / "hf")
+
+
+def test_cli_bad_sources_are_one_line(tmp_path, capsys):
+    """`tubelet export` / `tubelet import` on a path that holds nothing they can read: one line on
+    stderr naming the cause, exit 2, nothing written; --debug raises instead."""
+    from pretrain.config import ConfigError
+
+    missing = tmp_path / "missing"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)     # a run that never saved a checkpoint
+    save_encoder(tiny_vit(), tmp_path / "enc")
+    out = tmp_path / "out"
+    cases = [
+        (["export", "--from", str(missing)], "does not exist"),
+        (["import", "--from", str(missing)], "does not exist"),
+        (["export", "--from", str(tmp_path / "empty")], "not an encoder directory, run directory"),
+        (["export", "--from", str(tmp_path / "bert")], "not an encoder directory, run directory"),
+        (["export", "--from", str(tmp_path / "run")], "without final/ or any complete checkpoint"),
+        (["import", "--from", str(tmp_path / "empty")], "not a Hugging Face VideoMAE directory"),
+        (["import", "--from", str(tmp_path / "enc")], "need no import"),           # a tubelet export
+        (["export", "--from", str(tmp_path / "enc"), "--format", "hf", "--with-decoder"], "holds no decoder"),
+    ]
+    for args, why in cases:
+        rc = tubelet(args + ["--out", str(out)])
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert rc == 2 and len(lines) == 1, (args, err)
+        assert lines[0].startswith(f"tubelet {args[0]}: ") and why in lines[0], (args, err)
+        assert "Traceback" not in err and not out.exists()
+    with pytest.raises(ConfigError, match="does not exist"):
+        tubelet(["export", "--from", str(missing), "--out", str(out), "--debug"])

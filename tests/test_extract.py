@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from _interop_util import tiny_vit, write_shards
-from finetune.export import save_encoder
+from finetune.interop.native import save_encoder
 from finetune.extract import data_config, extract_embeddings, merge
 from launch.cli import main as tubelet
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from _interop_util import randomize, tiny_vit, video_input
-from finetune.export import export_hf, load_classifier, load_encoder, load_pretrainer_init
-from finetune.hf_io import _masks_from_bool
-from finetune.importers import import_hf, import_original
+from finetune.interop.hf import export_hf, import_hf, masks_from_bool
+from finetune.interop.pth import import_original
+from finetune.interop.sources import load_encoder, open_source
 from launch.cli import main as tubelet
 
 tf = pytest.importorskip("transformers")
@@ -137,11 +137,12 @@ def test_classification_import_and_reexport(tmp_path, capsys):
     assert "-> classification" in out and "head: (3, 64)" in out and "logits_max_abs_diff" in out
     saved = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert saved["head"] == {"num_classes": 3, "labels": ["left", "right", "up"]}
-    clf = load_classifier(tmp_path / "ours")
-    x = video_input(clf.encoder)
+    src = open_source(tmp_path / "ours")
+    assert src.kind == "classification" and src.labels == ["left", "right", "up"]
+    x = video_input(src.encoder)
     with torch.no_grad():
         ref = hf_model(pixel_values=x.permute(0, 2, 1, 3, 4)).logits
-        diff = float((clf(x) - ref).abs().max())
+        diff = float((_logits(src, x) - ref).abs().max())
     # HF's fc_norm has LayerNorm eps 1e-5, the encoder's norms the config's 1e-12
     print(f"classification: HF -> ours logits max abs diff {diff:.3e}")
     assert diff <= 1e-3
@@ -151,6 +152,11 @@ def test_classification_import_and_reexport(tmp_path, capsys):
     assert again.config.id2label == {0: "left", 1: "right", 2: "up"}
     with torch.no_grad():
         assert float((again(pixel_values=x.permute(0, 2, 1, 3, 4)).logits - ref).abs().max()) <= 1e-5
+
+
+def _logits(src, x):
+    """What the imported classifier computes: the encoder's pooled features through the head."""
+    return torch.nn.functional.linear(src.encoder(x), src.head["weight"], src.head["bias"])
 
 
 def _tube_mask(grid, batch=2, hidden_frac=0.75, seed=0):
@@ -173,18 +179,18 @@ def test_pretraining_import_loss_matches_hf(tmp_path, capsys):
     spec = json.loads((tmp_path / "pt" / "config.json").read_text())
     # what `tubelet pretrain` builds from the preset the import wrote (its model/data sections)
     from pretrain.config import PretrainConfig, load_config
-    from pretrain.engine import build_model
+    from pretrain.engine import build_model, load_init
 
     mae = build_model(load_config(PretrainConfig, tmp_path / "pt" / "pretrain.yaml")).eval()
-    rep = load_pretrainer_init(tmp_path / "pt", mae)
-    assert rep["tensors"] == len(mae.state_dict())
+    assert load_init(mae, str(tmp_path / "pt")) == len(mae.state_dict())
     # every HF value is used: ours has the same values plus one (zero) k bias per block
     k_bias = sum(b.attn.qkv.bias.numel() // 3 for b in [*mae.encoder.blocks, *mae.decoder.blocks])
-    assert rep["parameters"] == sum(v.numel() for v in hf_model.state_dict().values()) + k_bias
+    assert sum(v.numel() for v in mae.state_dict().values()) == \
+        sum(v.numel() for v in hf_model.state_dict().values()) + k_bias
     x = video_input(mae.encoder)
     mask = _tube_mask(mae.encoder.grid_size)
     with torch.no_grad():
-        loss, aux = mae(x, masks=_masks_from_bool(mask))
+        loss, aux = mae(x, masks=masks_from_bool(mask))
         res = hf_model(pixel_values=x.permute(0, 2, 1, 3, 4), bool_masked_pos=mask)
     b, n, p = aux["pred"].shape  # ours (C, kt, kh, kw) per row, HF (kt, kh, kw, C)
     pred = aux["pred"].view(b, n, 3, p // 3).transpose(-1, -2).reshape(b, n, p)
@@ -193,7 +199,6 @@ def test_pretraining_import_loss_matches_hf(tmp_path, capsys):
     assert d_loss <= 1e-4 and d_pred <= 1e-4
     # `tubelet pretrain` warm-starts from the imported directory (model.init): exact weights
     from pretrain.config import ConfigError
-    from pretrain.engine import load_init
 
     warm = build_model(load_config(PretrainConfig, tmp_path / "pt" / "pretrain.yaml", [f"model.init={tmp_path / 'pt'}"]))
     load_init(warm, warm_path := str(tmp_path / "pt"))
@@ -203,8 +208,6 @@ def test_pretraining_import_loss_matches_hf(tmp_path, capsys):
     other = create_model(spec["model"], **{**spec["model_kwargs"], "decoder_depth": 1})
     with pytest.raises(ConfigError, match="model.init.*unexpected.*decoder.blocks.1"):
         load_init(other, warm_path)
-    with pytest.raises(ValueError, match="unexpected.*decoder.blocks.1"):
-        load_pretrainer_init(tmp_path / "pt", other)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,11 +253,12 @@ def test_original_finetune_pth(layerscale, tmp_path):
     args = ["import", "--from", str(f), "--out", str(tmp_path / "o"), "--num-frames", "8", "--img-size", "32",
             "--num-heads", "4"]
     assert tubelet(args) == 0
-    clf = load_classifier(tmp_path / "o")
+    imp = open_source(tmp_path / "o")
+    assert imp.kind == "classification"
     x = video_input(src)
     with torch.no_grad():
-        assert torch.equal(clf.encoder.forward_features(x), src.forward_features(x))
-        assert torch.equal(clf(x), src(x))
+        assert torch.equal(imp.encoder.forward_features(x), src.forward_features(x))
+        assert torch.equal(_logits(imp, x), src(x))
 
 
 def test_original_pretrain_pth(tmp_path):
@@ -268,7 +272,7 @@ def test_original_pretrain_pth(tmp_path):
     imp = import_original(f, num_frames=4, img_size=32, num_heads=2, decoder_num_heads=2)
     assert imp.kind == "pretraining" and imp.report["tensors"] == len(src.state_dict())
     x = video_input(src.encoder)
-    masks = _masks_from_bool(_tube_mask(src.encoder.grid_size))
+    masks = masks_from_bool(_tube_mask(src.encoder.grid_size))
     with torch.no_grad():
         assert torch.equal(imp.model(x, masks=masks)[0], src(x, masks=masks)[0])
     # the encoder alone, as `tubelet export` would take it
@@ -311,8 +315,6 @@ def test_finetune_from_import_then_export_to_hf(tmp_path, capsys):
     assert "VideoMAEForVideoClassification" in capsys.readouterr().out
     clf_hf = tf.VideoMAEForVideoClassification.from_pretrained(str(tmp_path / "hf_ft")).eval()
     assert clf_hf.config.id2label == {0: "a", 1: "b"}
-    from finetune.sources import open_source
-
     src = open_source(run)
     x = video_input(src.encoder)
     with torch.no_grad():

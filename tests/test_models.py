@@ -311,7 +311,7 @@ def test_divided_attention_with_tube_masking():
 
 def test_matches_transformers_videomae():
     tf = pytest.importorskip("transformers")
-    from pretrain.models.hf_videomae import hf_config_kwargs, hf_state_dict
+    from finetune.interop.hf import hf_config_kwargs, hf_state_dict
     torch.manual_seed(0)
     m = create_model("videomae_test", num_frames=4, img_size=32, patch_size=8, decoder_mask_ratio=0.0)
     with torch.no_grad():   # HF has no k bias; dropping it is exact (softmax ignores a per-query shift)
@@ -556,7 +556,7 @@ def test_conv_maxpool_stem_is_local_and_trains_in_the_mae():
     """``stem="conv_maxpool"``: each token sees only its own tubelet (a masked tubelet cannot leak
     into a visible one), visible-only embedding equals the full embedding, the config rebuilds it,
     the MAE pretrains through it and HF export refuses it by name."""
-    from finetune.hf import HFConversionError, hf_config_from_vit
+    from finetune.interop.hf import HFConversionError, hf_config_from_vit
     from pretrain.models.tubelets import ConvPoolEmbed3d
 
     torch.manual_seed(0)

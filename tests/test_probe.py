@@ -121,7 +121,7 @@ def test_evaluate_probe_cli_two_processes_exact_once(synth, tmp_path):
     from pretrain.models import create_model
 
     enc = create_model("vit_test", num_frames=8, img_size=32, patch_size=8)
-    from finetune.export import save_encoder
+    from finetune.interop.native import save_encoder
 
     save_encoder(enc, tmp_path / "enc")
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}

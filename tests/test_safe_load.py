@@ -9,8 +9,8 @@ import pickle
 import pytest
 import torch
 
-from finetune.safe_load import (UnsafeCheckpointError, forced_weights_only, read_state_dict, screen, torch_load,
-                                unwrap_state_dict)
+from finetune.interop.safe_load import (UnsafeCheckpointError, forced_weights_only, read_state_dict, screen,
+                                        torch_load, unwrap_state_dict)
 
 
 class Payload:

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from finetune.config import FinetuneConfig
 from finetune.engine import build_model, finetune
-from finetune.export import load_encoder
+from finetune.interop.sources import load_encoder
 from launch.cli import main as tubelet
 from pretrain.config import PretrainConfig, load_config
 from pretrain.schedule import lr_rule, scaled_lr
@@ -64,7 +64,7 @@ def test_every_init_source_gets_a_fresh_fc_norm_on_mean_tokens(kind, data, pretr
 
         torch.manual_seed(3)
         mae = create_model("videomae_test", num_frames=8, img_size=32, patch_size=8, tubelet_size=2)
-        from finetune.export import export_hf
+        from finetune.interop.hf import export_hf
 
         export_hf(mae.encoder, src_dir, log=lambda m: None)
         cfg = _ft_cfg(data, tmp_path / "ft", f"init={src_dir}", "model.kwargs={}")
@@ -118,7 +118,7 @@ def test_finetuned_classifier_matches_hf_video_classification(data, pretrained, 
     """Pretraining run -> fine-tune -> `tubelet export --format hf`: HF VideoMAEForVideoClassification
     (use_mean_pooling) gives our logits within 1e-5."""
     tf = pytest.importorskip("transformers")
-    from finetune.sources import open_source
+    from finetune.interop.sources import open_source
 
     # a plain-ViT pretraining run
     from pretrain.engine import pretrain

@@ -41,7 +41,7 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def load_encoder(path, device="cpu", **import_kw):
     """The encoder held by ``path`` (exported dir, run dir, checkpoint, HF VideoMAE dir, ``.pth``)."""
-    from finetune.export import load_encoder as _load
+    from finetune.interop.sources import load_encoder as _load
 
     return _load(path, device=device, **import_kw)
 

@@ -25,7 +25,7 @@ PyTorch's default, ``mask_token`` truncated normal std 0.02 cut at +-0.02 (``ini
 Names follow VideoMAE's pretraining checkpoints: ``encoder.*``, ``encoder_to_decoder``,
 ``mask_token``, ``decoder.blocks.i.*``, ``decoder.norm``, ``decoder.head``. Decoder outputs
 and targets are tubelets in ``(C, kt, kh, kw)`` order (the Conv3d weight order; VideoMAE's
-head rows are ``(kt, kh, kw, C)``, permuted by :mod:`pretrain.models.hf_videomae`).
+head rows are ``(kt, kh, kw, C)``, permuted by :mod:`finetune.interop.hf`).
 """
 
 from __future__ import annotations

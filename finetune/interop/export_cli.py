@@ -6,18 +6,19 @@
     tubelet export --from runs/pt --out exports/hf_pt --format hf --with-decoder
 
 --from takes a pretraining run directory (its final/ model, else its newest complete checkpoint,
-DeepSpeed ZeRO shards included), one checkpoint directory, an exported encoder directory, a
-Hugging Face VideoMAE directory or an original VideoMAE .pth. ONNX and HF exports check
-themselves (onnxruntime / transformers against PyTorch) and print the measured difference; the
-command fails when it is above --atol.
+DeepSpeed ZeRO shards included), one checkpoint directory, a fine-tuning run, an exported encoder
+directory, a Hugging Face VideoMAE directory or an original VideoMAE .pth. ONNX and HF exports
+check themselves (onnxruntime / transformers against PyTorch) and print the measured difference;
+the command fails when it is above --atol.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+
+FORMATS = ("native", "onnx", "hf")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run dir, checkpoint dir, encoder dir, HF VideoMAE dir or VideoMAE .pth")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (onnx: DIR/encoder.onnx, "
                    "or a path ending in .onnx)")
-    p.add_argument("--format", choices=("native", "onnx", "hf"), default="native")
+    p.add_argument("--format", choices=FORMATS, default="native")
     p.add_argument("--atol", type=float, default=1e-4, help="max abs difference allowed by the self-checks")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
     p.add_argument("--no-head", action="store_true",
@@ -41,20 +42,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from finetune.export import export_hf, export_hf_pretraining, export_onnx, save_source
-    from finetune.hf import HFConversionError
-    from finetune.safe_load import UnsafeCheckpointError
-    from finetune.sources import open_source
+    """Bad input (missing or unreadable --from, a model HF cannot express) raises ConfigError (one
+    line, exit 2, from :func:`pretrain.cli_util.run_command`); a failed self-check RuntimeError (exit 1)."""
+    from finetune.interop.hf import HFConversionError, export_hf, export_hf_pretraining
+    from finetune.interop.native import save_source
+    from finetune.interop.onnx import export_onnx, onnx_sidecar
+    from finetune.interop.sources import UNREADABLE, open_source
+    from pretrain.config import ConfigError
 
     if args.opset < 17:
-        print(f"tubelet export: --opset must be >= 17, got {args.opset}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--opset must be >= 17, got {args.opset}")
     try:
         src = open_source(args.source, num_frames=args.num_frames, img_size=args.img_size,
                           num_heads=args.num_heads) if Path(args.source).is_file() else open_source(args.source)
-    except (UnsafeCheckpointError, HFConversionError, FileNotFoundError, ValueError) as e:
-        print(f"tubelet export: {e}", file=sys.stderr)
-        return 2
+    except UNREADABLE as e:
+        raise ConfigError(f"--from: {e}") from e
     enc = src.encoder.eval()
     if args.no_head:
         src.head = None
@@ -69,23 +71,15 @@ def run(args: argparse.Namespace) -> int:
         elif args.format == "onnx":
             path = out if out.suffix == ".onnx" else out / "encoder.onnx"
             export_onnx(enc, path, batch_sizes=tuple(args.batch_sizes), atol=args.atol, opset=args.opset)
-            meta = {"input": "video (B, 3, T, H, W) float32, (x / 255 - mean) / std",
-                    "outputs": {"tokens": "(B, N, D)", "features": "(B, D) pooled"},
-                    "mean": list(src.mean), "std": list(src.std),
-                    "num_frames": enc.model_config.get("num_frames"), "img_size": enc.model_config.get("img_size"),
-                    "source": src.origin}
-            path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+            path.with_suffix(".json").write_text(json.dumps(onnx_sidecar(enc, src.mean, src.std, src.origin),
+                                                            indent=1) + "\n")
         elif args.with_decoder:
-            if src.model is src.encoder:
-                print(f"tubelet export: --with-decoder: {src.origin} holds no decoder", file=sys.stderr)
-                return 2
+            if src.kind != "pretraining":
+                raise ConfigError(f"--with-decoder: {src.origin} holds no decoder")
             export_hf_pretraining(src.model, out, mean=src.mean, std=src.std, atol=args.atol)
         else:
             export_hf(enc, out, head=src.head, labels=src.labels, mean=src.mean, std=src.std, atol=args.atol)
     except HFConversionError as e:
-        print(f"tubelet export: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        print(f"tubelet export: FAILED: {e}", file=sys.stderr)
-        return 1
+        raise ConfigError(str(e)) from e
     return 0
+
