@@ -9,7 +9,7 @@ Flattened tubelets use one of two layouts:
 - ``"cthw"``: ``(C, kt, kh, kw)``, the order of a Conv3d weight, so the tubelet embedding can
   run as one matmul on gathered tubelets;
 - ``"thwc"``: ``(kt, kh, kw, C)``, VideoMAE's target order (Hugging Face checkpoints' decoder
-  head rows; :mod:`pretrain.models.hf_videomae` permutes between the two).
+  head rows; :mod:`finetune.interop.hf` permutes between the two).
 
 Our pretrainers predict ``"cthw"`` tubelets: gathering them copies runs of ``kw`` contiguous
 pixels and the per-channel statistics reduce over contiguous memory, where ``"thwc"`` would
