@@ -84,7 +84,8 @@ def trainer_arm(args, batches, deepspeed: bool) -> list[float]:
 
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             tr.fit()
-        rt.close()
+        # the process group stays up for the next round: DeepSpeed caches its groups and cannot
+        # start over in a re-created one within the same process
     return [b - a for a, b in zip(ends, ends[1:])][args.skip:]
 
 
