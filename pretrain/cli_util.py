@@ -89,7 +89,9 @@ def run_command(module: ModuleType, argv: list[str], prog: str, fallback_help: s
     except ConfigError as e:
         if debug:
             raise
-        print(f"{prog}: config error: {one_line(e)}", file=sys.stderr, flush=True)
+        msg = one_line(e)
+        label = "usage error" if msg.startswith("-") else "config error"   # a flag's value, not a config key
+        print(f"{prog}: {label}: {msg}", file=sys.stderr, flush=True)
         return 2
     except Exception as e:  # noqa: BLE001 — the one place that turns any failure into one line
         if debug:

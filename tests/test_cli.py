@@ -121,3 +121,9 @@ def test_one_flag_name_per_idea_old_names_hidden(capsys):
     assert vars(new) == vars(old) and new.model == "m" and new.workers == 3
     text = p.format_help()
     assert "--model" in text and "--workers" in text and "--encoder" not in text and "--num-workers" not in text
+
+
+def test_a_bad_flag_value_is_a_usage_error_not_a_config_error(tmp_path, capsys):
+    assert main(["export", "--from", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    line = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()][0]
+    assert line.startswith("tubelet export: usage error: --from:") and "does not exist" in line
