@@ -228,15 +228,17 @@ class Trainer:
             batches = iter(self.loader)
             return self._loop(batches, rank_state)
         except Exception:
-            if fresh and self._last_saved < 0 and not list_checkpoints(self.run_dir):
+            # failed before its first step (bad data, a setup error): nothing it wrote is worth keeping;
+            # a run that trained keeps its metrics (e.g. the losses before a non-finite stop)
+            if fresh and self.step == 0 and self._last_saved < 0 and not list_checkpoints(self.run_dir):
                 self._remove_outputs()
             raise
 
     START_OUTPUTS = ("config.yaml", "metrics.jsonl", "recipe.json", "tb", "checkpoints")
 
     def _remove_outputs(self) -> None:
-        """A new run that fails before its first checkpoint leaves nothing behind: the files it
-        started (``START_OUTPUTS``) go, and the run directory too when that leaves it empty."""
+        """A new run that fails before its first step leaves nothing behind: the files it started
+        (``START_OUTPUTS``) go, and the run directory too when that leaves it empty."""
         import shutil
 
         if self.tracker is not None:
