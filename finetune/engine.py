@@ -311,8 +311,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
             return build_loader(cfg.data, "train", rank=rt.rank, world_size=rt.world_size, seed=cfg.run.seed,
                                 state=state)
 
-        # evaluation runs in the training precision (DeepSpeed bf16/fp16 keeps the weights in it)
-        eval_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(rt.precision)
+        eval_dtype = rt.amp_dtype      # evaluate in the training precision (DeepSpeed bf16/fp16 weights)
         callbacks = []
         if cfg.eval.every and cfg.data.val_shards:
             def periodic_eval(trainer, batch):

@@ -157,12 +157,16 @@ class Runtime:
         """Move ``model`` to the device, build torch AdamW over ``groups``, wrap for the backend."""
         raise NotImplementedError
 
+    @property
+    def amp_dtype(self) -> Optional[torch.dtype]:
+        """The autocast dtype of ``precision`` (``None`` in fp32)."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
     def autocast(self):
         """bf16/fp16 autocast on the device; a no-op in fp32."""
-        if self.precision == "fp32":
+        if self.amp_dtype is None:
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def set_lr(self, lr: float) -> None:
         """Scheduled LR into every group (times its ``lr_scale`` from layer decay)."""
