@@ -412,13 +412,19 @@ class Loader:
         self.relayout_from = {"ranks": len(olds), "consumers": n_old, "position": start}
 
 
+def _shard_spec(cfg: DataConfig, mode: str, shards: str | None) -> tuple[str, str]:
+    """``(config field, shard spec)`` a loader of ``mode`` reads: ``shards`` if given, else the config's."""
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    if shards is not None:
+        return "shards", shards
+    return ("data.shards", cfg.shards) if mode == "train" else ("data.val_shards", cfg.val_shards)
+
+
 def resolve_shards(cfg: DataConfig, mode: str, shards: str | None = None) -> list[str]:
     """The shard files a ``build_loader(cfg, mode, shards=...)`` would read; a ``ConfigError``
     naming the field when there are none. Entry points call it before writing anything."""
-    if mode not in ("train", "eval"):
-        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
-    field = "shards" if shards is not None else ("data.shards" if mode == "train" else "data.val_shards")
-    spec = shards if shards is not None else (cfg.shards if mode == "train" else cfg.val_shards)
+    field, spec = _shard_spec(cfg, mode, shards)
     if not spec:
         raise ConfigError(f"{field}: no shards given")
     try:
@@ -436,7 +442,7 @@ def build_loader(cfg: DataConfig, mode: str, *, shards: str | None = None, rank:
     sample once over all ranks and workers, ``num_clips x num_crops`` views per video).
     """
     urls = resolve_shards(cfg, mode, shards)
-    spec = shards if shards is not None else (cfg.shards if mode == "train" else cfg.val_shards)
+    spec = _shard_spec(cfg, mode, shards)[1]
     if not (0 <= rank < world_size):
         raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
     if seed < 0:
