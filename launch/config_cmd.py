@@ -47,17 +47,9 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _plain(v):
-    if isinstance(v, tuple):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
-
-
 def _yaml_item(key: str, value) -> str:
     """``key: value`` on one line (flow style), as ``yaml.safe_load`` reads it back."""
-    dumped = yaml.safe_dump({key: _plain(value)}, default_flow_style=True, sort_keys=False, width=10_000).strip()
+    dumped = yaml.safe_dump({key: value}, default_flow_style=True, sort_keys=False, width=10_000).strip()
     return dumped[1:-1]                                   # drop only the outer mapping's braces
 
 
@@ -67,6 +59,9 @@ def _comment(text: str, indent: str) -> list[str]:
 
 def render(cfg, brief: bool = False) -> str:
     """``cfg`` (a config dataclass instance) as YAML, each key preceded by its documentation."""
+    from pretrain.config import to_dict
+
+    plain = to_dict(cfg)                                   # the values as config.yaml writes them
     lines: list[str] = []
     top_docs = field_docs(type(cfg))
     for f in dataclasses.fields(cfg):
@@ -79,11 +74,11 @@ def render(cfg, brief: bool = False) -> str:
             for g in dataclasses.fields(value):
                 if not brief and docs.get(g.name):
                     lines += _comment(docs[g.name], "  ")
-                lines.append("  " + _yaml_item(g.name, getattr(value, g.name)))
+                lines.append("  " + _yaml_item(g.name, plain[f.name][g.name]))
             if not brief:
                 lines.append("")
         else:
-            lines.append(_yaml_item(f.name, value))
+            lines.append(_yaml_item(f.name, plain[f.name]))
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -380,13 +380,12 @@ def run(args) -> int:
               dynamic_ncols=True) as bar:
         for stage, w in zip(stages, weights):
             bar.set_description(stage.name)
-            if args.resume and stage_done(stage):
+            reuse = args.resume and stage_done(stage)
+            if reuse:
                 reused.append(stage.name)
-                rc, dt = 0, 0.0
-            else:
-                rc, dt = run_stage(stage, out, env)
+            rc, dt = (0, 0.0) if reuse else run_stage(stage, out, env)
             bar.update(w)
-            status = "reused" if reused and reused[-1] == stage.name else "ok" if rc == 0 else f"FAILED (exit {rc})"
+            status = "reused" if reuse else "ok" if rc == 0 else f"FAILED (exit {rc})"
             line = f"  {stage.name:<28} {status:<6}  {dt:6.1f} s"
             r = _result(out, stage.name)
             if r and r.get("top1") is not None:
