@@ -113,7 +113,7 @@ def main(argv=None) -> dict:
             res[name].append(rate)
             print(f"trial {trial} loader {name:10s} {rate:8.1f} clips/s")
 
-    from pretrain.engine import build_model
+    from pretrain.main import build_model
 
     torch.manual_seed(0)
     model = build_model(cfg_plain)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 
 from pretrain.config import DataConfig  # noqa: E402
 from pretrain.data.loader import build_loader  # noqa: E402
-from pretrain.data.shards import ShardSink, sample_meta  # noqa: E402
+from pretrain.data.shard_writer import ShardSink, sample_meta  # noqa: E402
 from pretrain.data.transforms import multiscale_box  # noqa: E402
 from pretrain.data.video_io import encode_mp4  # noqa: E402
 

@@ -5,7 +5,7 @@ gradient clipping, in one process; three arms:
 
 - ``plain``: ``normalize -> model(video) -> backward -> clip_grad_norm_ -> AdamW.step -> zero_grad``
   and ``loss.item()`` for logging, nothing else;
-- ``trainer (torch)``: :class:`pretrain.trainer.Trainer` on the plain-torch runtime (the path a
+- ``trainer (torch)``: :class:`pretrain.train.trainer.Trainer` on the plain-torch runtime (the path a
   one-process ``tubelet pretrain`` takes: micro-steps, non-finite policy, metrics, callbacks);
 - ``trainer (DeepSpeed ZeRO-0)``: the same trainer on the DeepSpeed runtime, a torch optimizer.
 
@@ -64,10 +64,10 @@ def config(args, run_dir: str, deepspeed: bool):
 
 
 def trainer_arm(args, batches, deepspeed: bool) -> list[float]:
-    from pretrain.engine import build_model, make_step_fn
-    from pretrain.optim import param_groups
-    from pretrain.runtime import init_runtime
-    from pretrain.trainer import Trainer, seed_everything
+    from pretrain.main import build_model, make_step_fn
+    from pretrain.train.optim import param_groups
+    from pretrain.train.runtime import init_runtime
+    from pretrain.train.trainer import Trainer, seed_everything
 
     with tempfile.TemporaryDirectory() as d:
         cfg = config(args, str(Path(d) / "run"), deepspeed)
@@ -91,9 +91,9 @@ def trainer_arm(args, batches, deepspeed: bool) -> list[float]:
 
 def plain_arm(args, batches) -> list[float]:
     from pretrain.data.transforms import normalize_on_device
-    from pretrain.engine import build_model
-    from pretrain.optim import param_groups
-    from pretrain.trainer import seed_everything
+    from pretrain.main import build_model
+    from pretrain.train.optim import param_groups
+    from pretrain.train.trainer import seed_everything
 
     cfg = config(args, "/tmp/unused", False)
     seed_everything(0)

@@ -6,7 +6,7 @@
 
 import sys
 
-from finetune import engine
+from finetune import main as finetune_main
 from pretrain.cli_util import run_command
 
-sys.exit(run_command(engine, sys.argv[1:], "python -m finetune"))
+sys.exit(run_command(finetune_main, sys.argv[1:], "python -m finetune"))

@@ -258,7 +258,7 @@ def run_probe_cli(args) -> int:
     from finetune.extract import _dist, source_data_config
     from finetune.interop.safe_load import UnsafeCheckpointError
     from finetune.interop.sources import open_source
-    from pretrain.data.shards import read_classes
+    from pretrain.data.shard_writer import read_classes
     from pretrain.probe import ProbeError, probe_encoder
 
     if not args.shards:
@@ -305,7 +305,7 @@ def run(args) -> int:
         return run_probe_cli(args)
     from accelerate import PartialState
 
-    from finetune.engine import classifier_forward, load_finetuned
+    from finetune.classifier import classifier_forward, load_finetuned
 
     state = PartialState(cpu=not torch.cuda.is_available())  # joins the group under accelerate launch
     rank, world, device = state.process_index, state.num_processes, state.device

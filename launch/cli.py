@@ -16,11 +16,11 @@ import sys
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pretrain.data.synth", "write the procedural motion dataset (pretrain/train/val/test shards)"),
-    "shard": ("pretrain.data.shard", "turn videos (CSV, list or class folders) into WebDataset shards"),
+    "shard": ("pretrain.data.make_shards", "turn videos (CSV, list or class folders) into WebDataset shards"),
     "verify": ("pretrain.data.verify", "decode every sample of a shard directory; non-zero exit on any bad one"),
     "preview": ("pretrain.data.preview", "save a PNG grid of clips sampled through the loader"),
-    "pretrain": ("pretrain.engine", "pretrain a masked autoencoder (VideoMAE / MaskFeat-MViTv2)"),
-    "finetune": ("finetune.engine", "fine-tune or probe an encoder, or train a baseline, on labeled clips"),
+    "pretrain": ("pretrain.main", "pretrain a masked autoencoder (VideoMAE / MaskFeat-MViTv2)"),
+    "finetune": ("finetune.main", "fine-tune or probe an encoder, or train a baseline, on labeled clips"),
     "evaluate": ("finetune.evaluate", "multi-view (K clips x C crops) evaluation of a classifier"),
     "export": ("finetune.interop.export_cli", "export an encoder: native safetensors, ONNX or Hugging Face VideoMAE"),
     "import": ("finetune.interop.import_cli", "import Hugging Face VideoMAE or original VideoMAE .pth checkpoints"),

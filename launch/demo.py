@@ -235,7 +235,7 @@ def stage_done(stage: Stage) -> bool:
         d = Path(_arg(stage.argv, "--out"))
         return all((d / split / "manifest.json").is_file() for split in ("train", "test"))
     if stage.kind == "pretrain":
-        from pretrain.checkpoint import list_checkpoints
+        from pretrain.train.checkpoint import list_checkpoints
 
         d = Path(_arg(stage.argv, "run.dir"))
         ck = list_checkpoints(d) if d.is_dir() else []

@@ -6,7 +6,7 @@
 
 import sys
 
-from pretrain import engine
+from pretrain import main as pretrain_main
 from pretrain.cli_util import run_command
 
-sys.exit(run_command(engine, sys.argv[1:], "python -m pretrain"))
+sys.exit(run_command(pretrain_main, sys.argv[1:], "python -m pretrain"))

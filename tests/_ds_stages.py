@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from pretrain.checkpoint import capture_rng, load_checkpoint, save_checkpoint
+from pretrain.train.checkpoint import capture_rng, load_checkpoint, save_checkpoint
 from pretrain.config import DistConfig, OptimConfig
-from pretrain.optim import param_groups
-from pretrain.runtime import init_runtime
+from pretrain.train.optim import param_groups
+from pretrain.train.runtime import init_runtime
 
 
 def engine(stage, precision="fp32"):

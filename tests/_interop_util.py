@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from pretrain.data.shards import ShardSink, sample_meta
+from pretrain.data.shard_writer import ShardSink, sample_meta
 from pretrain.data.video_io import encode_mp4
 
 

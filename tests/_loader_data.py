@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from pretrain.data.shards import ShardSink, sample_meta
+from pretrain.data.shard_writer import ShardSink, sample_meta
 from pretrain.data.video_io import encode_mp4
 
 

@@ -17,11 +17,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pretrain.checkpoint import (CheckpointError, capture_rng, checkpoint_root, find_latest, is_complete,
+from pretrain.train.checkpoint import (CheckpointError, capture_rng, checkpoint_root, find_latest, is_complete,
                                  list_checkpoints, load_checkpoint, read_pointer, restore_rng, save_checkpoint)
 from pretrain.config import DistConfig, OptimConfig
-from pretrain.optim import param_groups
-from pretrain.runtime import init_runtime
+from pretrain.train.optim import param_groups
+from pretrain.train.runtime import init_runtime
 
 
 def _runtime(width: int = 16, seed: int = 0):

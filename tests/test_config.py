@@ -69,7 +69,7 @@ def test_finetune_model_section_refuses_pretraining_keys(key):
 
 
 def test_finetune_grad_checkpointing_reaches_the_encoder():
-    from finetune.engine import build_model
+    from finetune.classifier import build_model
 
     cfg = load_config(FinetuneConfig, None, ["model.name=vit_test", "data.num_frames=4", "data.img_size=32",
                                              "model.grad_checkpointing=true", "model.kwargs.patch_size=16"])
@@ -83,7 +83,7 @@ def test_finetune_grad_checkpointing_reaches_the_encoder():
 def test_mask_ratio_defaults_to_the_models_own():
     """Unset ``model.mask_ratio``: VideoMAE keeps 0.9 and MaskFeat its 0.4 (the config no longer
     shadows MaskFeat's default with VideoMAE's)."""
-    from pretrain.engine import build_model
+    from pretrain.main import build_model
 
     base = ["data.num_frames=4", "data.img_size=32"]
     mae = build_model(load_config(PretrainConfig, None, base + ["model.name=videomae_test", "model.kwargs.patch_size=16"]))

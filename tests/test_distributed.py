@@ -18,7 +18,7 @@ from _train_helpers import (REPO, assert_bitwise_equal, env, final_weights, loss
                             shards, tiny_overrides)  # noqa: F401  (shards is a fixture)
 from safetensors.torch import load_file
 
-from pretrain.checkpoint import list_checkpoints
+from pretrain.train.checkpoint import list_checkpoints
 from pretrain.models import create_model
 
 

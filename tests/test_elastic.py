@@ -40,8 +40,8 @@ def _runtime(backend: str, seed: int):
     import torch.nn as nn
 
     from pretrain.config import DistConfig, OptimConfig
-    from pretrain.optim import param_groups
-    from pretrain.runtime import init_runtime
+    from pretrain.train.optim import param_groups
+    from pretrain.train.runtime import init_runtime
 
     ds = backend != "ddp"
     dist = DistConfig(deepspeed=ds, zero_stage=int(backend[-1]) if ds else 0, precision="fp32")
@@ -96,7 +96,7 @@ def _two_steps(rt):
 def main(mode: str, root: str) -> None:
     import torch
 
-    from pretrain.checkpoint import capture_rng, load_checkpoint, save_checkpoint
+    from pretrain.train.checkpoint import capture_rng, load_checkpoint, save_checkpoint
 
     root = Path(root)
     found, ddp = {}, None
@@ -107,7 +107,7 @@ def main(mode: str, root: str) -> None:
         else:  # load the other layout's checkpoint, compare, then save for the way back
             rt = _runtime(backend, seed=7)  # other weights: loading must replace them
             src = root / mode / backend
-            from pretrain.checkpoint import find_latest
+            from pretrain.train.checkpoint import find_latest
 
             path = find_latest(src)
             load_checkpoint(rt, path, elastic=True)

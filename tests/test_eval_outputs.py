@@ -38,7 +38,7 @@ def ft_run(data, tmp_path_factory):
     import contextlib
     import io
 
-    from finetune.engine import finetune
+    from finetune.main import finetune
 
     run = tmp_path_factory.mktemp("ft") / "run"
     cfg = load_config(FinetuneConfig, None, DATA + [

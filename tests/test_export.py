@@ -103,7 +103,7 @@ def test_export_from_deepspeed_run(stage, tmp_path):
     if stage == 2:
         # the whole pretrainer: warm start of a fresh model from the run, and out to HF with its decoder
         from pretrain.config import PretrainConfig, load_config
-        from pretrain.engine import build_model, load_init
+        from pretrain.main import build_model, load_init
 
         mae = build_model(load_config(PretrainConfig, run / "config.yaml"))
         assert load_init(mae, str(run)) == len(final)

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from finetune.config import FinetuneConfig
-from finetune.engine import build_model, finetune, load_finetuned
+from finetune.classifier import build_model, load_finetuned
+from finetune.main import finetune
 from finetune.heads import AttentiveProbe, LinearProbe, VideoClassifier
 from pretrain.config import PretrainConfig, load_config
-from pretrain.optim import param_groups
+from pretrain.train.optim import param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = ["data.num_frames=8", "data.img_size=32", "data.sampling_rate=2", "data.batch_size=4",
@@ -33,7 +34,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pretrained(data, tmp_path_factory):
-    from pretrain.engine import pretrain
+    from pretrain.main import pretrain
 
     run = tmp_path_factory.mktemp("pt")
     cfg = load_config(PretrainConfig, None, DATA + [

@@ -179,7 +179,7 @@ def test_pretraining_import_loss_matches_hf(tmp_path, capsys):
     spec = json.loads((tmp_path / "pt" / "config.json").read_text())
     # what `tubelet pretrain` builds from the preset the import wrote (its model/data sections)
     from pretrain.config import PretrainConfig, load_config
-    from pretrain.engine import build_model, load_init
+    from pretrain.main import build_model, load_init
 
     mae = build_model(load_config(PretrainConfig, tmp_path / "pt" / "pretrain.yaml")).eval()
     assert load_init(mae, str(tmp_path / "pt")) == len(mae.state_dict())

@@ -26,7 +26,7 @@ import pytest
 from _train_helpers import (PRESET, REPO, assert_bitwise_equal, env, final_weights, kill_tree, losses,
                             shards, tiny_overrides)  # noqa: F401  (shards is a fixture)
 
-from pretrain.checkpoint import find_latest, list_checkpoints
+from pretrain.train.checkpoint import find_latest, list_checkpoints
 
 CPU_2NODE = str(REPO / "launch" / "accelerate" / "cpu-2node.yaml")
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
@@ -209,7 +209,7 @@ def test_bad_input_fails_fast_naming_the_cause(shards, tmp_path, ddp_run):
 
 def test_launch_layout_check_is_pure():
     from pretrain.config import ConfigError
-    from pretrain.dist_config import check_launch_layout
+    from pretrain.train.dist_config import check_launch_layout
 
     check_launch_layout({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8", "GROUP_WORLD_SIZE": "2"})
     check_launch_layout({})  # not under torchrun: nothing to check

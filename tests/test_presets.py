@@ -7,7 +7,7 @@ import pytest
 
 from finetune.config import FinetuneConfig
 from pretrain.config import CONFIG_ROOT, PretrainConfig, load_config
-from pretrain.schedule import scaled_lr
+from pretrain.train.schedule import scaled_lr
 
 PRETRAIN = ["vit_s_ssv2", "vit_b_ssv2", "vit_b_ucf101"]
 FINETUNE = ["vit_s_k400", "vit_b_k400", "vit_l_k400", "vit_s_ssv2", "vit_b_ssv2", "vit_l_ssv2", "vit_b_ucf101"]
@@ -90,7 +90,7 @@ def test_finetune_presets_load(name):
 
 @pytest.mark.parametrize("name", FINETUNE)
 def test_finetune_presets_match_the_published_recipe(name):
-    from pretrain.recipe import batch_warning, resolve_recipe
+    from pretrain.train.recipe import batch_warning, resolve_recipe
 
     pub = PUBLISHED[name]
     cfg = load_config(FinetuneConfig, CONFIG_ROOT / "finetune" / f"{name}.yaml", [f"data.num_videos={pub['videos']}"])
@@ -110,7 +110,7 @@ def test_finetune_presets_match_the_published_recipe(name):
 
 
 def test_finetune_preset_on_fewer_gpus_warns_and_says_how_to_fix():
-    from pretrain.recipe import batch_warning, resolve_recipe
+    from pretrain.train.recipe import batch_warning, resolve_recipe
 
     cfg = load_config(FinetuneConfig, "vit_b_k400", ["data.num_videos=240000"])
     rec = resolve_recipe(cfg.data, cfg.optim, max_steps=cfg.run.max_steps, micro_batch=cfg.data.batch_size,

@@ -12,8 +12,8 @@ from _train_helpers import (PRESET, assert_bitwise_equal, final_weights, losses,
                             shards, tiny_overrides)  # noqa: F401  (shards is a fixture)
 from safetensors.torch import load_file
 
-from pretrain import engine
-from pretrain.checkpoint import CheckpointError, find_latest, list_checkpoints
+from pretrain import main as pretrain_main
+from pretrain.train.checkpoint import CheckpointError, find_latest, list_checkpoints
 from pretrain.cli_util import run_command
 from pretrain.config import PretrainConfig, load_config
 from pretrain.data.loader import build_loader
@@ -43,7 +43,7 @@ def test_learns_below_mean_predictor(shards, tmp_path, one_thread):
         "model.kwargs.num_heads": 4, "model.kwargs.norm_pix_loss": "false", "optim.lr": 1e-3,
         "optim.warmup_steps": 20, "run.max_steps": 200, "run.save_every": 100, "run.log_every": 10,
         "run.vis_every": 100, "run.tracker": "tensorboard"})
-    assert run_command(engine, ["--config", PRESET, *overrides], "tubelet pretrain") == 0
+    assert run_command(pretrain_main, ["--config", PRESET, *overrides], "tubelet pretrain") == 0
 
     # -- artifacts
     recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -115,13 +115,13 @@ def _poisoning_step_fn(cfg, bad_calls: set):
 
 
 def _trainer(cfg, step_fn, snapshots):
-    from pretrain.optim import param_groups
-    from pretrain.runtime import init_runtime
-    from pretrain.trainer import Trainer, seed_everything
+    from pretrain.train.optim import param_groups
+    from pretrain.train.runtime import init_runtime
+    from pretrain.train.trainer import Trainer, seed_everything
 
     rt = init_runtime(cfg.dist, cfg.optim, cfg.data.batch_size)
     seed_everything(cfg.run.seed)
-    model = engine.build_model(cfg)
+    model = pretrain_main.build_model(cfg)
     rt.setup(model, param_groups(model, cfg.optim.weight_decay))
 
     def snap(trainer, batch):
@@ -155,7 +155,7 @@ def test_nonfinite_step_is_skipped_and_training_continues(shards, tmp_path, one_
 
 
 def test_consecutive_nonfinite_steps_stop_the_run(shards, tmp_path, one_thread, capsys):
-    from pretrain.trainer import NonFiniteError
+    from pretrain.train.trainer import NonFiniteError
 
     run_dir = tmp_path / "r"
     cfg = load_config(PretrainConfig, PRESET, tiny_overrides(shards, run_dir, **{
@@ -180,7 +180,7 @@ def test_compiled_run_matches_eager(shards, tmp_path, one_thread):
         d = tmp_path / name
         cfg = load_config(PretrainConfig, PRESET, tiny_overrides(shards, d, **{
             "run.max_steps": 3, "run.save_every": 3, "run.compile": flag, "data.num_workers": 0}))
-        engine.pretrain(cfg)
+        pretrain_main.pretrain(cfg)
         runs[name] = d
     le, lc = losses(runs["eager"]), losses(runs["compiled"])
     assert le.keys() == lc.keys() == {1, 2, 3}

@@ -75,7 +75,7 @@ def synth(synth_dir):
 
 
 def test_probes_during_pretraining(synth, tmp_path):
-    from pretrain.engine import pretrain
+    from pretrain.main import pretrain
 
     run = tmp_path / "run"
     cfg = load_config(PretrainConfig, None, [

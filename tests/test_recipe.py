@@ -1,4 +1,4 @@
-"""Recipe arithmetic (pretrain/recipe.py): epochs <-> steps by videos per step, the LR rule, the
+"""Recipe arithmetic (pretrain/train/recipe.py): epochs <-> steps by videos per step, the LR rule, the
 published-batch warning, the config fields, and a tiny pretraining run given warmup in epochs."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from _train_helpers import tiny_overrides
 
 from finetune.config import FinetuneConfig
 from pretrain.config import ConfigError, DataConfig, OptimConfig, PretrainConfig, load_config
-from pretrain.recipe import batch_warning, recipe_lines, resolve_recipe
+from pretrain.train.recipe import batch_warning, recipe_lines, resolve_recipe
 
 
 def _rec(data=None, optim=None, *, micro=16, accum=8, world=8, max_steps=1000, epochs=0.0, published=0):
@@ -79,7 +79,7 @@ def test_fields_are_checked(override, field):
 
 def test_pretraining_warmup_in_epochs(tmp_path, capsys):
     from pretrain.data.synth import write_synth
-    from pretrain.engine import pretrain
+    from pretrain.main import pretrain
 
     write_synth(tmp_path / "d", videos_per_class=1, frames=16, size=32, pretrain_videos=20, val_per_class=1,
                 test_per_class=1, progress=False)

@@ -15,13 +15,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pretrain import engine
+from pretrain import main as pretrain_main
 from pretrain.cli_util import run_command
 from pretrain.config import ConfigError, DistConfig, OptimConfig
-from pretrain.dist_config import apply_launcher_env, load_template, to_deepspeed_config
-from pretrain.optim import param_groups
-from pretrain.runtime import init_runtime
-from pretrain.schedule import lr_at, scaled_lr
+from pretrain.train.dist_config import apply_launcher_env, load_template, to_deepspeed_config
+from pretrain.train.optim import param_groups
+from pretrain.train.runtime import init_runtime
+from pretrain.train.schedule import lr_at, scaled_lr
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET = str(REPO / "configs" / "pretrain" / "synth_tiny.yaml")
@@ -164,7 +164,7 @@ def test_torch_runtime_accumulation_equals_the_big_batch():
     ("dist.precision=fp16", "dist.precision: fp16 needs dist.deepspeed=true"),
     ("model.kwargs.depthh=3", "model.kwargs"), ("run.max_nonfinite=0", "run.max_nonfinite")])
 def test_bad_config_fails_fast_naming_the_field(tmp_path, capsys, override, field):
-    rc = run_command(engine, ["--config", PRESET, f"data.shards={tmp_path}", f"run.dir={tmp_path / 'r'}", override],
+    rc = run_command(pretrain_main, ["--config", PRESET, f"data.shards={tmp_path}", f"run.dir={tmp_path / 'r'}", override],
                      "tubelet pretrain")
     assert rc == 2
     assert field in capsys.readouterr().err

@@ -10,11 +10,12 @@ import torch
 import torch.nn as nn
 
 from finetune.config import FinetuneConfig
-from finetune.engine import build_model, finetune
+from finetune.classifier import build_model
+from finetune.main import finetune
 from finetune.interop.sources import load_encoder
 from launch.cli import main as tubelet
 from pretrain.config import PretrainConfig, load_config
-from pretrain.schedule import lr_rule, scaled_lr
+from pretrain.train.schedule import lr_rule, scaled_lr
 
 DATA = ["data.num_frames=8", "data.img_size=32", "data.sampling_rate=2", "data.batch_size=4",
         "data.num_workers=0", "data.hflip=false", "data.test_num_clips=1", "run.progress=false",
@@ -29,7 +30,7 @@ def data(synth_dir):
 
 @pytest.fixture(scope="module")
 def pretrained(data, tmp_path_factory):
-    from pretrain.engine import pretrain
+    from pretrain.main import pretrain
 
     run = tmp_path_factory.mktemp("pt")
     cfg = load_config(PretrainConfig, None, DATA + [
@@ -121,7 +122,7 @@ def test_finetuned_classifier_matches_hf_video_classification(data, pretrained, 
     from finetune.interop.sources import open_source
 
     # a plain-ViT pretraining run
-    from pretrain.engine import pretrain
+    from pretrain.main import pretrain
 
     pt = tmp_path / "pt"
     pretrain(load_config(PretrainConfig, None, DATA + [

@@ -23,7 +23,7 @@ pretrainer state dict, tubelet names) + ``config.json`` ``{"format": "tubelet-pr
 ``model_kwargs`` without a format) — plus ``pretrain.yaml``, the preset that builds the same
 architecture; ``tubelet pretrain model.init=DIR`` warm-starts from it.
 
-Classifier directory (``final/`` of ``tubelet finetune``, written by :mod:`finetune.engine`):
+Classifier directory (``final/`` of ``tubelet finetune``, written by :mod:`finetune.main`):
 ``"format": "tubelet-classifier"`` with the architecture ``spec``; :func:`read_classifier_dir`
 takes its encoder (and the linear head of a full fine-tune).
 """

@@ -76,7 +76,7 @@ def open_source(path: str | Path, **import_kw) -> Source:
     if (p / "final" / native.CONFIG_FILE).is_file():
         return open_source(p / "final")
     if (p / "checkpoints").is_dir():
-        from pretrain.checkpoint import find_latest
+        from pretrain.train.checkpoint import find_latest
 
         latest = find_latest(p)
         if latest is None:
@@ -121,7 +121,7 @@ def _spec_from_yaml(run_dir: Path) -> Optional[tuple]:
     if not p.is_file():
         return None
     from pretrain.config import ConfigError, PretrainConfig, load_config
-    from pretrain.engine import model_kwargs
+    from pretrain.main import model_kwargs
 
     try:
         cfg = load_config(PretrainConfig, p)

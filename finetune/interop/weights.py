@@ -81,8 +81,8 @@ def load_exact(model: nn.Module, sd: dict, what: str, fresh: tuple = ()) -> dict
 
 def unshare(sd: dict) -> dict:
     """CPU copies ready for ``safetensors.save_file``: contiguous, no two sharing storage
-    (the checkpoint writer's :func:`pretrain.runtime._unshare`, after moving to the CPU)."""
-    from pretrain.runtime import _unshare
+    (the checkpoint writer's :func:`pretrain.train.runtime._unshare`, after moving to the CPU)."""
+    from pretrain.train.runtime import _unshare
 
     return _unshare({k: v.detach().cpu() for k, v in sd.items()})
 

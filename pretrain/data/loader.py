@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pretrain.config import ConfigError, DataConfig
 from pretrain.data.clips import ClipPlan, SampleSkipped, eval_plans, train_plans
 from pretrain.data.flow import farneback_flow
-from pretrain.data.shards import read_classes
+from pretrain.data.shard_writer import read_classes
 from pretrain.data.stream import ROUND_SHARDS, TrainOrder, eval_samples, list_shards, manifest_num_samples
 
 STATE_VERSION = 1

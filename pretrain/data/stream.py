@@ -36,7 +36,7 @@ from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 from webdataset.utils import glob_with_braces
 
-from pretrain.data.shards import VIDEO_EXTS, read_manifest
+from pretrain.data.shard_writer import VIDEO_EXTS, read_manifest
 
 Events = Callable[[str], None]
 ROUND_SHARDS = 4

@@ -240,7 +240,7 @@ def write_synth(out: str | Path, videos_per_class: int = 200, frames: int = 16, 
     """
     from tqdm import tqdm
 
-    from pretrain.data.shards import ShardSink, sample_meta
+    from pretrain.data.shard_writer import ShardSink, sample_meta
 
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {sorted(DIFFICULTIES)}, got {difficulty!r}")

@@ -3,7 +3,7 @@
     data, ext, info = process_item("clip.avi", copy=False, backend="decord", short_side=320, fps=None,
                                    keyint=8, max_duration=None, min_frames=2)
 
-Kept apart from :mod:`pretrain.data.shard` so a worker imports only PyAV, numpy and the decoder
+Kept apart from :mod:`pretrain.data.make_shards` so a worker imports only PyAV, numpy and the decoder
 (0.2 s), not webdataset/torch (3-7 s on a busy 2-core machine): worker start-up is paid again
 after every crash or timeout.
 """

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pretrain.data.isolate import IsolatedPool, decode_check
-from pretrain.data.shards import VIDEO_EXTS, read_manifest, sha256_file
+from pretrain.data.shard_writer import VIDEO_EXTS, read_manifest, sha256_file
 
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset: key = path up to the first dot of the name
 

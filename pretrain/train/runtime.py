@@ -34,9 +34,9 @@ import torch
 import torch.distributed as tdist
 import torch.nn as nn
 
-from pretrain.dist_config import (apply_launcher_env, check_dist, check_launch_layout, load_template,
+from pretrain.train.dist_config import (apply_launcher_env, check_dist, check_launch_layout, load_template,
                                   resolve_precision, to_deepspeed_config)
-from pretrain.optim import build_optimizer
+from pretrain.train.optim import build_optimizer
 
 __all__ = ["Runtime", "StepResult", "init_runtime", "to_deepspeed_config"]
 
@@ -551,7 +551,7 @@ def init_runtime(dist_cfg, optim_cfg, micro_batch: int, environ=None) -> Runtime
     """Start (or join) the process group and pick the backend; call before building the model.
 
     ``dist_cfg`` is first updated from the ``accelerate launch`` environment (see
-    :func:`pretrain.dist_config.apply_launcher_env`); the effective config is ``runtime.dist``.
+    :func:`pretrain.train.dist_config.apply_launcher_env`); the effective config is ``runtime.dist``.
     """
     from pretrain.config import ConfigError
 

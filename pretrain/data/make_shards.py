@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.data.isolate import IsolatedPool
-from pretrain.data.shards import VIDEO_EXTS, ShardSink, sample_meta
+from pretrain.data.shard_writer import VIDEO_EXTS, ShardSink, sample_meta
 from pretrain.fsutil import write_text_atomic
 from pretrain.data.transcode import process_item
 

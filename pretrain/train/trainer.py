@@ -1,4 +1,4 @@
-"""The one training loop, for pretraining and fine-tuning alike, on any :class:`~pretrain.runtime.Runtime`.
+"""The one training loop, for pretraining and fine-tuning alike, on any :class:`~pretrain.train.runtime.Runtime`.
 
 The trainer knows nothing about models or losses: it calls ``step_fn(model, batch) -> (loss,
 metrics)`` once per micro-batch and does the rest — LR schedule, accumulation, clipping, the
@@ -6,9 +6,9 @@ non-finite policy, checkpoints and exact resume, metrics, TensorBoard, progress 
 
 Example (a fine-tuning entry point)::
 
-    from pretrain.runtime import init_runtime
-    from pretrain.optim import param_groups
-    from pretrain.trainer import Trainer, seed_everything
+    from pretrain.train.runtime import init_runtime
+    from pretrain.train.optim import param_groups
+    from pretrain.train.trainer import Trainer, seed_everything
     from pretrain.data.loader import build_loader
     from pretrain.data.transforms import normalize_on_device
 
@@ -34,18 +34,18 @@ Semantics:
 
 * One *step* = one optimizer step = ``dist.grad_accum`` micro-batches per rank. ``run.max_steps``,
   ``run.save_every``, ``run.log_every``, ``optim.warmup_steps`` count steps. The LR of step ``s`` is
-  :func:`pretrain.schedule.lr_at` of ``s`` with the base LR scaled by total batch / 256.
+  :func:`pretrain.train.schedule.lr_at` of ``s`` with the base LR scaled by total batch / 256.
 * Non-finite policy: a step whose loss is non-finite on any rank (or whose gradients are) is
   skipped — no update, gradients dropped, the step still counts — and logged; after
   ``run.max_nonfinite`` such steps in a row :class:`NonFiniteError` stops the run naming the steps.
   A model with non-finite parameters is never checkpointed.
-* Checkpoints (:mod:`pretrain.checkpoint`) every ``run.save_every`` steps and at the end hold the
+* Checkpoints (:mod:`pretrain.train.checkpoint`) every ``run.save_every`` steps and at the end hold the
   model, optimizer, step, every rank's RNG and data position, counters and the metrics so far;
   with ``run.resume`` the newest complete one in ``run.dir`` is loaded and training continues
   bitwise as if never interrupted (CPU, same number of processes). With another number of
   processes it continues elastically (same step, weights, optimizer moments, LR schedule; data
   from the global shard position; new RNG streams; a loud warning when the effective batch
-  changes) -- see :mod:`pretrain.checkpoint`.
+  changes) -- see :mod:`pretrain.train.checkpoint`.
 * Data wait: the share of step time spent waiting for batches is ``data_wait`` in every metrics
   record (and on the progress bar); above ``run.data_wait_warn`` (10 %) a warning says so.
 * ``run.compile``: ``torch.compile`` of what the loop calls (:meth:`Runtime.compile`).
@@ -72,10 +72,10 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import torch
 
-from pretrain.checkpoint import (capture_rng, find_latest, list_checkpoints, load_checkpoint, preserved_rng,
+from pretrain.train.checkpoint import (capture_rng, find_latest, list_checkpoints, load_checkpoint, preserved_rng,
                                  read_pointer, restore_rng, save_checkpoint)
 from pretrain.config import ConfigError, save_config, to_dict
-from pretrain.schedule import lr_at, lr_rule, scaled_lr
+from pretrain.train.schedule import lr_at, lr_rule, scaled_lr
 
 StepFn = Callable[[torch.nn.Module, dict], tuple]
 

@@ -126,7 +126,7 @@ def make_recon_callback(cfg: PretrainConfig, clips: int = 2, frames: int = 8):
 def _probe_classes(cfg: PretrainConfig) -> int:
     from pathlib import Path
 
-    from pretrain.data.shards import read_classes
+    from pretrain.data.shard_writer import read_classes
 
     p = Path(cfg.run.probe_shards)
     classes = read_classes(p) if p.is_dir() else None
@@ -181,9 +181,9 @@ def make_probe_callback(cfg: PretrainConfig, num_classes: int):
 def pretrain(cfg: PretrainConfig) -> list[dict]:
     """Train ``cfg`` to ``run.max_steps`` (resuming when possible); returns the metric records."""
     from pretrain.data.loader import build_loader, resolve_shards
-    from pretrain.optim import param_groups
-    from pretrain.runtime import init_runtime
-    from pretrain.trainer import Trainer, seed_everything
+    from pretrain.train.optim import param_groups
+    from pretrain.train.runtime import init_runtime
+    from pretrain.train.trainer import Trainer, seed_everything
 
     rt = init_runtime(cfg.dist, cfg.optim, cfg.data.batch_size)
     try:
@@ -195,7 +195,7 @@ def pretrain(cfg: PretrainConfig) -> list[dict]:
             if rt.is_main:
                 print(f"[tubelet] warm start: {n} tensors from {cfg.model.init}", flush=True)
         resolve_shards(cfg.data, "train")          # a missing data.shards fails before anything is written
-        from pretrain.recipe import apply_recipe
+        from pretrain.train.recipe import apply_recipe
 
         # epochs -> steps (optim.warmup_epochs; run.epochs / run.published_batch where RunConfig has them)
         apply_recipe(cfg, rt, epochs=getattr(cfg.run, "epochs", 0.0), published_batch=getattr(cfg.run, "published_batch", 0))
@@ -213,7 +213,7 @@ def pretrain(cfg: PretrainConfig) -> list[dict]:
         callbacks = [make_recon_callback(cfg)]
         probe0 = None
         if cfg.run.probe_every:
-            from pretrain.checkpoint import find_latest
+            from pretrain.train.checkpoint import find_latest
 
             if cfg.dist.deepspeed and cfg.dist.zero_stage == 3:
                 raise ConfigError("run.probe_every: probes are not supported under ZeRO-3 (ranks see different "
@@ -238,8 +238,8 @@ def pretrain(cfg: PretrainConfig) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pretrain.checkpoint import CheckpointError
-    from pretrain.trainer import NonFiniteError
+    from pretrain.train.checkpoint import CheckpointError
+    from pretrain.train.trainer import NonFiniteError
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     try:

@@ -3,7 +3,7 @@
 Published recipes (VideoMAE ``run_class_finetuning.py`` / ``run_mae_pretraining.py``) state their
 length and warmup in *epochs* and their batch in *videos* per optimizer step; the trainer counts
 optimizer steps and clips. :func:`resolve_recipe` turns one into the other, the entry points
-(``pretrain.engine.pretrain``, ``finetune.engine.finetune``) put the resulting ``max_steps`` /
+(``pretrain.main.pretrain``, ``finetune.main.finetune``) put the resulting ``max_steps`` /
 ``warmup_steps`` into the config before the trainer starts, print :func:`recipe_lines` and write
 ``recipe.json`` into the run directory::
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from pretrain.config import ConfigError
-from pretrain.schedule import lr_rule, scaled_lr
+from pretrain.train.schedule import lr_rule, scaled_lr
 
 
 def manifest_videos(shards: str) -> Optional[int]:
