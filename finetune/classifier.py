@@ -37,7 +37,7 @@ def transfer_encoder(src: nn.Module, drop_path_rate: float | None = None, what: 
     ``drop_path_rate`` replaces the source's. Returns ``(encoder, load report)``; the key set is
     checked exactly (only ``norm.*`` dropped, only ``fc_norm.*`` fresh).
     """
-    from finetune.interop.weights import load_exact
+    from pretrain.models.state_dict import load_exact
     from pretrain.models.vit import VideoViT
 
     mc = dict(getattr(src, "model_config", {}) or {})
@@ -149,7 +149,7 @@ def rebuild(spec: dict, num_classes: int, num_frames: int, img_size: int) -> nn.
 def load_finetuned(path: str | Path, device="cpu"):
     """(model in eval mode, FinetuneConfig, meta) from a fine-tune run dir or its ``final/`` dir."""
     from finetune.config import FinetuneConfig
-    from finetune.interop.weights import load_exact
+    from pretrain.models.state_dict import load_exact
     from finetune.interop.safe_load import read_state_dict
 
     p = Path(path)

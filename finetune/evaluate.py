@@ -42,32 +42,27 @@ def collect_scores(model, loader, mean, std, device="cpu", autocast_dtype=None, 
     """
     from pretrain.data.transforms import normalize_on_device
 
+    from pretrain.probe import ViewSums
+
     was_training = model.training
     model.eval()
-    out: dict[str, dict] = {}
+    sums = ViewSums("evaluate", error=EvalError)
     for batch in loader:
         video = normalize_on_device(batch["video"].to(device, non_blocking=True), mean, std)
         with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
                             enabled=autocast_dtype is not None):
             logits = forward(model, batch, video) if forward is not None else model(video)
         probs = logits.float().softmax(-1).double().cpu().numpy()
-        for key, label, p in zip(batch["key"], batch["label"].tolist(), probs):
+        views = batch["view"].tolist() if "view" in batch else [None] * len(probs)
+        for key, label, view, p in zip(batch["key"], batch["label"].tolist(), views, probs):
             order = np.argsort(-p, kind="stable")
-            hit1, hit5 = int(order[0] == label), int(label in order[:5])
-            rec = out.get(key)
-            if rec is None:
-                out[key] = {"scores": p.copy(), "views": 1, "label": int(label), "view_top1": hit1, "view_top5": hit5}
-            else:
-                rec["scores"] += p
-                rec["views"] += 1
-                rec["view_top1"] += hit1
-                rec["view_top5"] += hit5
+            sums.add(key, label, view, scores=p, view_top1=int(order[0] == label), view_top5=int(label in order[:5]))
         if progress is not None:
             progress.update(len(batch["key"]))
-        if max_videos and len(out) >= max_videos:
+        if max_videos and len(sums.records) >= max_videos:
             break
     model.train(was_training)
-    return out
+    return sums.records
 
 
 def gather_records(records: dict[str, dict]) -> dict[str, dict]:
@@ -255,7 +250,8 @@ def run_probe_cli(args) -> int:
     """``tubelet evaluate --probe ...``: probe any encoder source, print and write ``probe.json``."""
     import sys
 
-    from finetune.extract import _dist, source_data_config
+    from finetune.extract import source_data_config
+    from pretrain.train.runtime import process_state
     from finetune.interop.safe_load import UnsafeCheckpointError
     from finetune.interop.sources import open_source
     from pretrain.data.shard_writer import read_classes
@@ -279,8 +275,8 @@ def run_probe_cli(args) -> int:
     if not classes:
         print("tubelet evaluate: --probe needs labeled shards with a classes.json", file=sys.stderr)
         return 2
-    rank, world = _dist()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    state = process_state()
+    rank, world, device = state.process_index, state.num_processes, state.device
     try:
         res = probe_encoder(enc.to(device), cfg, args.probe, len(classes), shards=args.shards,
                             fit_shards=args.train_shards or None, rank=rank, world_size=world, device=device,
@@ -303,11 +299,10 @@ def run_probe_cli(args) -> int:
 def run(args) -> int:
     if args.probe:
         return run_probe_cli(args)
-    from accelerate import PartialState
-
     from finetune.classifier import classifier_forward, load_finetuned
+    from pretrain.train.runtime import process_state
 
-    state = PartialState(cpu=not torch.cuda.is_available())  # joins the group under accelerate launch
+    state = process_state()  # joins the group under accelerate launch
     rank, world, device = state.process_index, state.num_processes, state.device
     model, cfg, meta = load_finetuned(args.model, device=device)
     if args.batch_size:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -81,6 +80,7 @@ def extract_embeddings(encoder: nn.Module, cfg, shards: str, *, num_clips: int, 
 
     from pretrain.data.loader import build_loader
     from pretrain.data.transforms import normalize_on_device
+    from pretrain.probe import ViewSums
 
     encoder = encoder.eval().to(device)
     loader = build_loader(cfg, "eval", shards=shards, rank=rank, world_size=world_size,
@@ -88,8 +88,7 @@ def extract_embeddings(encoder: nn.Module, cfg, shards: str, *, num_clips: int, 
     total = None
     if loader.num_samples is not None:
         total = -(-loader.num_samples * num_clips // world_size)
-    acc: dict = {}
-    seen: set = set()
+    sums = ViewSums("extract", error=RuntimeError)
     bar = tqdm(total=total, unit="clip", desc="extract", disable=not progress or rank != 0, file=sys.stderr)
     for batch in loader:
         x = normalize_on_device(batch["video"].to(device, non_blocking=True), cfg.mean, cfg.std)
@@ -101,22 +100,16 @@ def extract_embeddings(encoder: nn.Module, cfg, shards: str, *, num_clips: int, 
             feats = encoder(x)
         feats = feats.float().cpu()
         for i, key in enumerate(batch["key"]):
-            view = int(batch["view"][i])
-            if (key, view) in seen:
-                raise RuntimeError(f"extract: clip {view} of {key!r} was delivered twice (duplicate key in the "
-                                   "shards, or broken exactly-once loading)")
-            seen.add((key, view))
-            s, n, label = acc.get(key, (0.0, 0, int(batch["label"][i])))
-            acc[key] = (s + feats[i], n + 1, label)
+            sums.add(key, int(batch["label"][i]), int(batch["view"][i]), feat=feats[i])
         bar.update(len(batch["key"]))
     bar.close()
-    acc["_stats"] = loader.stats()
-    return acc
+    return {**sums.records, "_stats": loader.stats()}
 
 
 def merge(parts: list[dict], num_clips: int) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
     """Rank results -> ``(keys sorted, embeddings (N, D) float32, labels (N,), stats)``."""
-    merged: dict = {}
+    from pretrain.probe import merge_by_key
+
     stats = {"decoded": 0, "skipped": 0, "skipped_by_reason": {}}
     for part in parts:
         s = part.get("_stats", {})
@@ -124,21 +117,16 @@ def merge(parts: list[dict], num_clips: int) -> tuple[list[str], np.ndarray, np.
         stats["skipped"] += s.get("skipped", 0)
         for r, n in s.get("skipped_by_reason", {}).items():
             stats["skipped_by_reason"][r] = stats["skipped_by_reason"].get(r, 0) + n
-        for k, v in part.items():
-            if k == "_stats":
-                continue
-            if k in merged:
-                raise RuntimeError(f"extract: video {k!r} was embedded by two ranks")
-            merged[k] = v
+    merged = merge_by_key([{k: v for k, v in part.items() if k != "_stats"} for part in parts], error=RuntimeError)
     keys = sorted(merged)
-    incomplete = [k for k in keys if merged[k][1] != num_clips]
+    incomplete = [k for k in keys if merged[k]["views"] != num_clips]
     if incomplete:
         raise RuntimeError(f"extract: {len(incomplete)} videos got a number of clips other than {num_clips} "
                            f"(e.g. {incomplete[:3]})")
     if not keys:
         return [], np.zeros((0, 0), np.float32), np.zeros((0,), np.int64), stats
-    emb = torch.stack([merged[k][0] / num_clips for k in keys]).numpy().astype(np.float32)
-    labels = np.array([merged[k][2] for k in keys], dtype=np.int64)
+    emb = torch.stack([merged[k]["feat"] / num_clips for k in keys]).numpy().astype(np.float32)
+    labels = np.array([merged[k]["label"] for k in keys], dtype=np.int64)
     return keys, emb, labels, stats
 
 
@@ -162,18 +150,6 @@ def write(out: str | Path, keys: list[str], emb: np.ndarray, labels: np.ndarray,
     return [path, side]
 
 
-def _dist() -> tuple[int, int]:
-    """(rank, world_size) when launched by torchrun/accelerate (joins the group), else (0, 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def run(args: argparse.Namespace) -> int:
     from finetune.interop.safe_load import UnsafeCheckpointError
     from finetune.interop.sources import open_source
@@ -189,16 +165,17 @@ def run(args: argparse.Namespace) -> int:
     enc = src.encoder
     cfg = source_data_config(src, batch_size=args.batch_size, num_workers=args.workers, backend=args.backend,
                              sampling_rate=args.sampling_rate)
-    rank, world = _dist()
-    device = args.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    from pretrain.train.runtime import process_state
+
+    state = process_state()
+    rank, world = state.process_index, state.num_processes
+    device = args.device or state.device
     part = extract_embeddings(enc, cfg, args.shards, num_clips=args.num_clips, rank=rank, world_size=world,
                               device=device, progress=not args.no_progress, tokens=args.tokens)
     parts = [part]
     if world > 1:
-        import torch.distributed as dist
-
         parts = [None] * world
-        dist.all_gather_object(parts, part)
+        torch.distributed.all_gather_object(parts, part)
     if rank == 0:
         keys, emb, labels, stats = merge(parts, args.num_clips)
         files = write(args.out, keys, emb, labels, args.format,
@@ -206,8 +183,5 @@ def run(args: argparse.Namespace) -> int:
                             "img_size": cfg.img_size, "sampling_rate": cfg.sampling_rate, "stats": stats})
         print(f"extract: {len(keys)} videos x {emb.shape[1] if emb.size else 0} dims ({args.num_clips} clips each); "
               f"skipped {stats['skipped']} {stats['skipped_by_reason'] or ''} -> {', '.join(map(str, files))}")
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    state.wait_for_everyone()
     return 0

@@ -66,14 +66,10 @@ def load_init(model: torch.nn.Module, path: str) -> int:
     else:
         raise ConfigError(f"model.init: no model.safetensors at {path} (give a `tubelet import` output, a run "
                           f"directory or its final/)")
+    from pretrain.models.state_dict import load_exact
+
     sd = load_file(str(cand))
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    bad = [k for k in own if k in sd and own[k].shape != sd[k].shape]
-    if missing or unexpected or bad:
-        raise ConfigError(f"model.init: {cand} does not fit {type(model).__name__}: missing {missing[:6]}, "
-                          f"unexpected {unexpected[:6]}, wrong shape {bad[:6]}")
-    model.load_state_dict(sd, strict=True)
+    load_exact(model, sd, f"model.init: {cand}", error=ConfigError)
     return len(sd)
 
 

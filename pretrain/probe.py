@@ -76,14 +76,41 @@ def extract_features(encoder: nn.Module, loader: Iterable, mean, std, device="cp
     return gather_by_key(out)
 
 
-def gather_by_key(records: dict[str, dict], error: type = None) -> dict[str, dict]:
-    """Merge per-rank ``{key: record}`` dicts on every rank; a key on two ranks raises ``error``
-    (default :class:`ProbeError`). Shared by the probes and ``finetune.evaluate``."""
+class ViewSums:
+    """Per-view values summed per video, each ``(video, view)`` counted exactly once.
+
+    One home for "sum scores / embeddings per video over its views" (``finetune.evaluate`` sums
+    softmax scores, ``finetune.extract`` clip embeddings). ``records`` is ``{key: {"label": int,
+    "views": int, **sums}}``; merge ranks with :func:`gather_by_key` (or :func:`merge_by_key`).
+    """
+
+    def __init__(self, what: str = "video", error: type = None):
+        self.records: dict[str, dict] = {}
+        self._seen: set = set()
+        self.what, self.error = what, error or ProbeError
+
+    def add(self, key: str, label: int, view: Optional[int] = None, **values) -> None:
+        """Add one view of ``key``; ``values`` (tensors, arrays, numbers) are summed per name."""
+        if view is not None:
+            if (key, view) in self._seen:
+                raise self.error(f"{self.what}: view {view} of {key!r} was delivered twice (duplicate key in the "
+                                 "shards, or broken exactly-once loading)")
+            self._seen.add((key, view))
+        rec = self.records.get(key)
+        if rec is None:
+            self.records[key] = {"label": int(label), "views": 1,
+                                 **{k: v.copy() if hasattr(v, "copy") else v.clone() if hasattr(v, "clone") else v
+                                    for k, v in values.items()}}
+            return
+        rec["views"] += 1
+        for k, v in values.items():
+            rec[k] += v
+
+
+def merge_by_key(parts: Iterable[dict], error: type = None) -> dict[str, dict]:
+    """One ``{key: record}`` dict from per-rank ones; a key in two of them raises ``error``
+    (default :class:`ProbeError`): each video is evaluated by exactly one rank."""
     error = error or ProbeError
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return records
-    parts: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, records)
     merged: dict[str, dict] = {}
     for part in parts:
         for k, v in part.items():
@@ -91,6 +118,16 @@ def gather_by_key(records: dict[str, dict], error: type = None) -> dict[str, dic
                 raise error(f"video {k!r} was evaluated on two ranks (exact-once violated)")
             merged[k] = v
     return merged
+
+
+def gather_by_key(records: dict[str, dict], error: type = None) -> dict[str, dict]:
+    """Merge per-rank ``{key: record}`` dicts on every rank (:func:`merge_by_key`). Shared by the
+    probes, ``finetune.evaluate`` and ``finetune.extract``."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return merge_by_key([records], error)
+    parts: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, records)
+    return merge_by_key(parts, error)
 
 
 def split_by_key(records: dict[str, dict], score_share: float = 0.2) -> tuple[dict, dict]:

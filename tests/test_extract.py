@@ -86,5 +86,5 @@ def test_extract_safetensors_and_rank_split(setup, tmp_path):
     keys2, emb2, labels2, stats = merge(parts, 2)
     assert keys2 == keys and stats["skipped"] == 1
     np.testing.assert_allclose(emb2, data["embeddings"], rtol=0, atol=1e-5)
-    with pytest.raises(RuntimeError, match="embedded by two ranks"):
+    with pytest.raises(RuntimeError, match="on two ranks"):
         merge([parts[0], parts[0]], 2)

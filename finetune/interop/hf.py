@@ -43,7 +43,8 @@ import torch.nn as nn
 
 from finetune.interop.native import size_name
 from finetune.interop.safe_load import read_state_dict
-from finetune.interop.weights import IMAGENET_MEAN, IMAGENET_STD, KINDS, Source, clip_shape, load_exact
+from finetune.interop.weights import IMAGENET_MEAN, IMAGENET_STD, KINDS, Source, clip_shape
+from pretrain.models.state_dict import load_exact
 
 
 class HFConversionError(ValueError):

@@ -21,7 +21,8 @@ from finetune.interop.hf import (HFConversionError, build_mae, build_vit, geomet
                                  mlp_ratio_for)
 from finetune.interop.native import size_name
 from finetune.interop.safe_load import read_state_dict, torch_load, unwrap_state_dict
-from finetune.interop.weights import KINDS, Source, load_exact
+from finetune.interop.weights import KINDS, Source
+from pretrain.models.state_dict import load_exact
 
 # VideoMAE's head counts by width (not recoverable from tensor shapes); otherwise 64-wide heads
 ENCODER_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}

@@ -34,7 +34,8 @@ from finetune.interop.hf import import_hf, is_hf_dir
 from finetune.interop.pth import import_original
 from finetune.interop.safe_load import (PICKLE_SUFFIXES, UnsafeCheckpointError, forced_weights_only, read_state_dict,
                                         screen, torch_load, unwrap_state_dict)
-from finetune.interop.weights import Source, load_exact
+from finetune.interop.weights import Source
+from pretrain.models.state_dict import load_exact
 
 UNREADABLE = (FileNotFoundError, ValueError, UnsafeCheckpointError)
 """What :func:`open_source` raises for a path that holds nothing it can read (missing, not a
@@ -148,22 +149,19 @@ def _model_spec(ckpt_dir: Path) -> tuple:
 
 
 def _deepspeed_state_dict(ckpt_dir: Path) -> dict:
-    """Full fp32 state dict of a DeepSpeed checkpoint ``ckpt_dir/<tag>/``; every shard is read
-    through the restricted unpickler (a shard with a payload is refused before anything runs)."""
+    """Full fp32 state dict of a DeepSpeed checkpoint ``ckpt_dir/<tag>/``; every shard is screened
+    first and read through the restricted unpickler (a shard with a payload is refused before
+    anything runs). The merge itself is :func:`pretrain.train.checkpoint.deepspeed_state_dict`."""
+    from pretrain.train.checkpoint import deepspeed_state_dict
+
     tags = [d for d in sorted(ckpt_dir.iterdir()) if d.is_dir() and any(d.glob("*model_states.pt"))]
     if not tags:
         raise FileNotFoundError(f"{ckpt_dir}: no DeepSpeed tag directory with *model_states.pt")
-    tag = tags[-1]
     # screen every file first (opcode scan, no tensors loaded) so the error names the offending file
-    for f in sorted(tag.glob("*.pt")):
+    for f in sorted(tags[-1].glob("*.pt")):
         screen(f)
-    if not any(tag.glob("*optim_states.pt")):  # ZeRO-0: the module is stored whole
-        return unwrap_state_dict(torch_load(next(tag.glob("*model_states.pt"))), tag)
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    with forced_weights_only():
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag.name)
-    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    return deepspeed_state_dict(ckpt_dir, tags[-1].name, load=lambda f: unwrap_state_dict(torch_load(f), f),
+                                guard=forced_weights_only)
 
 
 def _checkpoint_source(ckpt: Path) -> Source:

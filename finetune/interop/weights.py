@@ -1,8 +1,8 @@
 """Weights in memory, shared by every format: what a reader returns and how tensors go in and out.
 
 * :class:`Source` — a model read from disk (any format) plus what it says about its inputs;
-* :func:`load_exact` — ``load_state_dict`` after asserting the exact key set and shapes;
-* :func:`unshare` — detached, contiguous, storage-unshared CPU copies, as safetensors wants them;
+* :func:`load_exact` and :func:`unshare` live in :mod:`pretrain.models.state_dict` (one home; re-exported
+  here for the format modules);
 * :func:`clip_shape` — the ``(B, C, T, H, W)`` input shape an encoder was built for.
 """
 
@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch.nn as nn
+
+from pretrain.models.state_dict import load_exact, unshare  # noqa: F401  (re-exported)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 KINDS = ("model", "pretraining", "classification")
@@ -51,40 +53,6 @@ class Source:
         if self.model is not self.encoder:
             return "pretraining"
         return "classification" if self.head is not None else "model"
-
-
-def load_exact(model: nn.Module, sd: dict, what: str, fresh: tuple = ()) -> dict:
-    """``model.load_state_dict(sd)`` after asserting the key sets and shapes match exactly.
-
-    ``fresh``: keys the checkpoint cannot have and that keep the model's initial values (e.g. the
-    ``fc_norm`` of an encoder whose source had none); they must be missing, all of them.
-    Raises ``ValueError`` listing missing / unexpected / mis-shaped keys. Returns a report.
-    """
-    own = model.state_dict()
-    if set(fresh) & set(sd) or not set(fresh) <= set(own):
-        raise ValueError(f"{what}: keys {sorted(fresh)} were to be initialised fresh but are present")
-    sd = {**sd, **{k: own[k] for k in fresh}}
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(f"{k}: {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(sd) & set(own) if tuple(sd[k].shape) != tuple(own[k].shape))
-    if missing or unexpected or shapes:
-        parts = []
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-            if items:
-                parts.append(f"{title} ({len(items)}): {items[:10]}{' ...' if len(items) > 10 else ''}")
-        raise ValueError(f"{what}: state dict does not match {type(model).__name__}: " + "; ".join(parts))
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
-    return {"tensors": len(sd) - len(fresh), "parameters": int(sum(v.numel() for v in sd.values())),
-            "initialised_fresh": sorted(fresh)}
-
-
-def unshare(sd: dict) -> dict:
-    """CPU copies ready for ``safetensors.save_file``: contiguous, no two sharing storage
-    (the checkpoint writer's :func:`pretrain.train.runtime._unshare`, after moving to the CPU)."""
-    from pretrain.train.runtime import _unshare
-
-    return _unshare({k: v.detach().cpu() for k, v in sd.items()})
 
 
 def clip_shape(enc: nn.Module, batch: int) -> tuple:

@@ -252,6 +252,35 @@ def save_checkpoint(runtime, run_dir: str | Path, step: int, trainer_state: dict
     return final
 
 
+def deepspeed_state_dict(ckpt_dir: str | Path, tag: Optional[str] = None, load=None,
+                         guard=contextlib.nullcontext) -> dict:
+    """Full fp32 state dict of a DeepSpeed checkpoint ``ckpt_dir/<tag>/`` (one home for the merge).
+
+    ZeRO-0 stores the module whole (``*model_states.pt`` under ``"module"``); ZeRO 1-3 shard it and
+    DeepSpeed's ``zero_to_fp32`` merges the shards (any world size). ``tag`` defaults to the one tag
+    directory there is. ``load(path)`` reads a file (default ``torch.load(weights_only=True)``);
+    ``guard()`` is entered around ``zero_to_fp32`` (``tubelet import`` passes its restricted loader
+    and a guard that forces every ``torch.load`` inside to be weights-only).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    if tag is None:
+        tags = [d.name for d in sorted(ckpt_dir.iterdir()) if d.is_dir() and any(d.glob("*model_states.pt"))]
+        if not tags:
+            raise FileNotFoundError(f"{ckpt_dir}: no DeepSpeed tag directory with *model_states.pt")
+        tag = tags[-1]
+    tag_dir = ckpt_dir / tag
+    if not any(tag_dir.glob("*optim_states.pt")):  # ZeRO-0: the module is stored whole
+        load = load or (lambda f: torch.load(f, map_location="cpu", weights_only=True))
+        states = load(next(tag_dir.glob("*model_states.pt")))
+        sd = states["module"] if isinstance(states, dict) and "module" in states else states
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        with guard():
+            sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
 def _trash(path: Path) -> None:
     trash = path.with_name(f".trash-{path.name}")
     shutil.rmtree(trash, ignore_errors=True)

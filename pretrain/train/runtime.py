@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from pretrain.train.dist_config import (apply_launcher_env, check_dist, check_launch_layout, load_template,
                                   resolve_precision, to_deepspeed_config)
+from pretrain.models.state_dict import unshare
 from pretrain.train.optim import build_optimizer
 
 __all__ = ["Runtime", "StepResult", "init_runtime", "to_deepspeed_config"]
@@ -284,7 +285,7 @@ class TorchRuntime(Runtime):
         from safetensors.torch import save_file
 
         if self.is_main:
-            save_file(_unshare(self.module.state_dict()), str(directory / "model.safetensors"))
+            save_file(unshare(self.module.state_dict()), str(directory / "model.safetensors"))
             torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
 
     def load(self, directory):
@@ -488,15 +489,9 @@ class DeepSpeedRuntime(Runtime):
     def full_state_dict(self, directory):
         if not self.is_main:
             return None
-        if self.dist.zero_stage == 0:
-            states = torch.load(directory / DS_TAG / "mp_rank_00_model_states.pt", map_location="cpu",
-                                weights_only=True)  # tensors only: no pickle code runs
-            sd = states["module"]
-        else:
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        from pretrain.train.checkpoint import deepspeed_state_dict
 
-            sd = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=DS_TAG)
-        return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+        return deepspeed_state_dict(directory, DS_TAG)
 
 
 class _DeepSpeedMicroStep:
@@ -535,16 +530,17 @@ def _load_elastic_blob_torch(rt: "TorchRuntime", path: Path) -> None:
                                          **{k: v[n].to(p.device).clone() for k, v in blob["state"].items()}}
 
 
-def _unshare(sd: dict) -> dict:
-    """safetensors refuses tensors that share storage: clone the repeats."""
-    seen, out = set(), {}
-    for k, v in sd.items():
-        v = v.detach()
-        key = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else None
-        out[k] = v.clone().contiguous() if key in seen else v.contiguous()
-        if key is not None:
-            seen.add(key)
-    return out
+def process_state(timeout_s: float = 600.0):
+    """This process's place in the job: accelerate's ``PartialState`` (``process_index``,
+    ``num_processes``, ``device``), joining the process group when ``accelerate launch`` / torchrun
+    started us (gloo on CPU, NCCL on GPU) and standing alone otherwise. The one process setup of
+    training, evaluation, probing and extraction. ``timeout_s`` bounds every collective, so a rank
+    whose peer died fails instead of hanging."""
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=timeout_s))
 
 
 def init_runtime(dist_cfg, optim_cfg, micro_batch: int, environ=None) -> Runtime:
@@ -571,11 +567,6 @@ def init_runtime(dist_cfg, optim_cfg, micro_batch: int, environ=None) -> Runtime
             import deepspeed  # noqa: F401
         except ImportError as e:  # pragma: no cover - deepspeed is a dependency
             raise ConfigError(f"dist.deepspeed: DeepSpeed is not importable ({e})") from e
-    from accelerate import PartialState
-
-    from datetime import timedelta
-
-    # a bounded wait in every collective: a rank whose peer died fails instead of hanging
-    state = PartialState(cpu=cpu, timeout=timedelta(seconds=float(getattr(dist_cfg, "timeout_s", 600.0))))
+    state = process_state(float(getattr(dist_cfg, "timeout_s", 600.0)))
     cls = DeepSpeedRuntime if dist_cfg.deepspeed else TorchRuntime
     return cls(state, dist_cfg, optim_cfg, micro_batch, notes)
