@@ -45,8 +45,11 @@ def test_native_round_trip_is_bitwise(which, tmp_path):
     enc = _encoders()[which]()
     save_encoder(enc, tmp_path / "a", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), data={"sampling_rate": 3})
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert cfg["format"] == "tubelet-encoder" and cfg["model_kwargs"] == enc.model_config
-    assert cfg["mean"] == [0.5] * 3 and cfg["data"]["sampling_rate"] == 3 and cfg["num_frames"] == 4
+    assert cfg["format"] == "tubelet-encoder" and cfg["format_version"] == 2
+    assert cfg["model_type"] == type(enc).model_type and cfg["architectures"] == [type(enc).__name__]
+    assert cfg["model_kwargs"] == enc.model_config and cfg["model_kwargs"]["num_frames"] == 4
+    assert cfg["mean"] == [0.5] * 3 and cfg["sampling_rate"] == 3
+    assert not {"class", "data", "num_frames", "img_size", "embed_dim"} & set(cfg) and None not in cfg.values()
     back = load_encoder(tmp_path / "a")
     assert type(back) is type(enc) and not back.training
     _assert_same_model(enc, back)
@@ -57,16 +60,22 @@ def test_native_round_trip_is_bitwise(which, tmp_path):
     # re-export through the command line: still the same bits
     assert tubelet(["export", "--from", str(tmp_path / "a"), "--out", str(tmp_path / "b")]) == 0
     _assert_same_model(enc, load_encoder(tmp_path / "b"))
-    assert json.loads((tmp_path / "b" / "config.json").read_text())["mean"] == [0.5] * 3
+    text = (tmp_path / "b" / "config.json").read_text()
+    cfg_b = json.loads(text)
+    assert cfg_b["mean"] == [0.5] * 3 and cfg_b["sampling_rate"] == 3
+    assert cfg_b["source"] == "encoder a" and str(tmp_path) not in text  # no path of the writer's machine
 
 
 def test_native_refuses_foreign_class(tmp_path):
     save_encoder(tiny_vit(), tmp_path / "e")
     cfg = json.loads((tmp_path / "e" / "config.json").read_text())
-    cfg["class"] = "os:system"
-    (tmp_path / "e" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="not a tubelet model class"):
-        load_encoder(tmp_path / "e")
+    for change, why in (({"model_type": "os:system"}, "not a tubelet encoder"),
+                        # a version-1 config names its class by import path: only tubelet's encoders
+                        ({"format_version": 1, "class": "os:system"}, "not a tubelet model class")):
+        other = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures")} if "class" in change else cfg
+        (tmp_path / "e" / "config.json").write_text(json.dumps({**other, **change}))
+        with pytest.raises(ValueError, match=why):
+            load_encoder(tmp_path / "e")
 
 
 @pytest.mark.parametrize("stage", [2, pytest.param(3, marks=pytest.mark.slow)])
@@ -96,8 +105,11 @@ def test_export_from_deepspeed_run(stage, tmp_path):
         sd = enc.state_dict()
         assert set(sd) == set(ref)
         assert all(torch.equal(sd[k], ref[k]) for k in ref)
-        cfg = json.loads((tmp_path / f"out_{src.name}" / "config.json").read_text())
-        assert cfg["data"] == {"num_frames": 4, "img_size": 32, "sampling_rate": 2} and cfg["model"] == "vit_test"
+        text = (tmp_path / f"out_{src.name}" / "config.json").read_text()
+        cfg = json.loads(text)
+        assert cfg["model_type"] == "tubelet_vit" and cfg["model"] == "vit_test" and cfg["sampling_rate"] == 2
+        assert cfg["model_kwargs"]["num_frames"] == 4 and cfg["model_kwargs"]["img_size"] == [32, 32]
+        assert str(tmp_path) not in text
     first = load_encoder(run / "checkpoints" / "step_00000001").state_dict()
     assert not all(torch.equal(first[k], ref[k]) for k in ref)  # a different checkpoint, different weights
     if stage == 2:

@@ -1,20 +1,22 @@
 """tubelet's own directories: ``config.json`` + ``model.safetensors``, written and read; no pickle.
 
-The format names and the ``config.json`` schema are defined here and nowhere else
-(:data:`ENCODER_FORMAT`, :data:`PRETRAINER_FORMAT`, :data:`CLASSIFIER_FORMAT`,
-:func:`encoder_config`, :func:`pretrainer_config`).
+The format names are defined here (:data:`ENCODER_FORMAT`, :data:`PRETRAINER_FORMAT`,
+:data:`CLASSIFIER_FORMAT`); the encoder ``config.json`` schema is
+:mod:`pretrain.models.pretrained`'s (the one behind ``VideoViT.save_pretrained`` /
+``from_pretrained``), which this module fills from a :class:`Source`.
 
 Encoder directory (``tubelet export --format native``, ``tubelet import`` of a model or a
-classifier): ``model.safetensors`` (the encoder's state dict, nothing else) and ``config.json``::
+classifier): ``model.safetensors`` (the encoder's state dict, nothing else) and ``config.json``
+(format version 2; version-1 directories still read)::
 
-    {"format": "tubelet-encoder", "format_version": 1, "tubelet_version": "0.1.0",
-     "class": "pretrain.models.vit:VideoViT", "model": "vit_small", "model_kwargs": {...},
-     "num_frames": 16, "img_size": 224, "embed_dim": 384, "mean": [...], "std": [...],
-     "data": {"num_frames": 16, "img_size": 224, "sampling_rate": 4}, "head": null, "source": "..."}
+    {"format": "tubelet-encoder", "format_version": 2, "tubelet_version": "0.1.0",
+     "model_type": "tubelet_vit", "architectures": ["VideoViT"], "model": "vit_small",
+     "model_kwargs": {...}, "mean": [...], "std": [...], "sampling_rate": 4, "source": "model runs/tiny/final"}
 
-:func:`read_encoder_dir` rebuilds ``class(**model_kwargs)`` (classes of tubelet's packages only)
-and loads the tensors with the exact key set asserted; an imported classifier also holds
-``head.safetensors`` (``weight``, ``bias``), read into :attr:`Source.head`.
+:func:`read_encoder_dir` rebuilds ``MODEL_TYPES[model_type](**model_kwargs)`` (tubelet's encoder
+classes only) and loads the tensors with the exact key set asserted; an imported classifier also
+holds ``head.safetensors`` (``weight``, ``bias``), read into :attr:`Source.head` and described by
+``config.json``'s ``"head": {"num_classes", "labels"}``.
 
 Pretrainer directory (``tubelet import`` of ``VideoMAEForPreTraining`` / an original pretraining
 ``.pth``): the layout of a pretraining run's ``final/`` — ``model.safetensors`` (the full
@@ -24,13 +26,13 @@ pretrainer state dict, tubelet names) + ``config.json`` ``{"format": "tubelet-pr
 architecture; ``tubelet pretrain model.init=DIR`` warm-starts from it.
 
 Classifier directory (``final/`` of ``tubelet finetune``, written by :mod:`finetune.main`):
-``"format": "tubelet-classifier"`` with the architecture ``spec``; :func:`read_classifier_dir`
-takes its encoder (and the linear head of a full fine-tune).
+``"format": "tubelet-classifier"`` with the architecture ``spec`` (its ``encoder``: an
+:func:`encoder_config`); :func:`read_classifier_dir` takes its encoder (and the linear head of a
+full fine-tune).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -38,32 +40,18 @@ import torch.nn as nn
 
 from finetune.interop.safe_load import read_state_dict
 from finetune.interop.weights import IMAGENET_MEAN, IMAGENET_STD, Source, load_exact, unshare
+from pretrain.models import pretrained
+from pretrain.models.pretrained import CONFIG_FILE, ENCODER_FORMAT, WEIGHTS_FILE  # noqa: F401  (re-exported)
 
-FORMAT_VERSION = 1
-ENCODER_FORMAT = "tubelet-encoder"
 PRETRAINER_FORMAT = "tubelet-pretrainer"
+PRETRAINER_FORMAT_VERSION = 1
 CLASSIFIER_FORMAT = "tubelet-classifier"
-CONFIG_FILE, WEIGHTS_FILE, HEAD_FILE = "config.json", "model.safetensors", "head.safetensors"
-
-# only classes from these packages are ever rebuilt from a config.json "class" entry
-_CLASS_PACKAGES = ("pretrain.models.", "finetune.")
-
-
-def _version() -> str:
-    from pretrain import __version__
-
-    return __version__
-
-
-def read_json(p: Path) -> dict:
-    try:
-        return json.loads(Path(p).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: not valid JSON ({e})") from None
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+HEAD_FILE = "head.safetensors"
+ENCODER_DATA_KEYS = ("num_frames", "img_size", "sampling_rate")
+"""What :attr:`Source.data` may hold; the clip geometry is the encoder's own (``model_kwargs``)."""
+read_json = pretrained.read_config
+_write_json = pretrained.write_config
+_version = pretrained.tubelet_version
 
 
 def _save_safetensors(sd: dict, path: Path) -> None:
@@ -79,29 +67,27 @@ def _save_safetensors(sd: dict, path: Path) -> None:
 def encoder_config(enc: nn.Module, *, name: Optional[str] = None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                    data: Optional[dict] = None, source: str = "", head: Optional[dict] = None,
                    labels: Optional[list] = None) -> dict:
-    """The ``config.json`` of an encoder directory (see module docstring)."""
-    mc = getattr(enc, "model_config", None)
-    if not isinstance(mc, dict):
-        raise TypeError(f"{type(enc).__name__} has no model_config dict; cannot describe it for rebuilding")
-    json.dumps(mc)  # raises if the constructor kwargs are not JSON-serialisable
-    cls = type(enc)
-    img = mc.get("img_size", 224)
-    geom = {"num_frames": mc.get("num_frames"), "img_size": img[0] if isinstance(img, (list, tuple)) else img}
-    return {"format": ENCODER_FORMAT, "format_version": FORMAT_VERSION, "tubelet_version": _version(),
-            "class": f"{cls.__module__}:{cls.__qualname__}", "model": name, "model_kwargs": mc,
-            **geom, "embed_dim": getattr(enc, "embed_dim", None), "mean": [float(v) for v in mean],
-            "std": [float(v) for v in std], "data": {**geom, **(data or {})},
-            "head": None if head is None else {"num_classes": int(head["weight"].shape[0]), "labels": labels},
-            "source": source}
+    """The ``config.json`` of an encoder directory (:func:`pretrain.models.pretrained.encoder_config`).
+
+    ``data``: a :attr:`Source.data` (its ``sampling_rate`` is recorded; ``num_frames`` / ``img_size``
+    are the encoder's own). ``head``: the tensors ``{"weight", "bias"}`` of an imported classifier."""
+    data = dict(data or {})
+    unknown = sorted(set(data) - set(ENCODER_DATA_KEYS))
+    if unknown:
+        raise ValueError(f"encoder data: unknown keys {unknown} (known: {', '.join(ENCODER_DATA_KEYS)})")
+    desc = None if head is None else {"num_classes": int(head["weight"].shape[0]), "labels": labels}
+    return pretrained.encoder_config(enc, name=name, mean=mean, std=std, sampling_rate=data.get("sampling_rate"),
+                                     head=desc, source=source)
 
 
 def pretrainer_config(model: nn.Module, name: Optional[str], model_kwargs: dict, *, mean=IMAGENET_MEAN,
                       std=IMAGENET_STD, source: str = "") -> dict:
     """The ``config.json`` of a pretrainer directory (see module docstring)."""
     mc = model.encoder.model_config
-    return {"format": PRETRAINER_FORMAT, "format_version": FORMAT_VERSION, "tubelet_version": _version(),
+    return {"format": PRETRAINER_FORMAT, "format_version": PRETRAINER_FORMAT_VERSION, "tubelet_version": _version(),
             "model": name, "model_kwargs": model_kwargs, "mean": list(mean), "std": list(std),
-            "data": {"num_frames": mc["num_frames"], "img_size": mc["img_size"][0]}, "source": source}
+            "data": {"num_frames": mc["num_frames"], "img_size": mc["img_size"][0]},
+            "source": pretrained.portable_source(source)}
 
 
 def is_model_config(cfg: dict) -> bool:
@@ -130,26 +116,9 @@ def build_registered(name: str, kwargs: dict) -> nn.Module:
 
 
 def build_from_config(cfg: dict, where: Path | str = CONFIG_FILE) -> nn.Module:
-    """Rebuild the module a native ``config.json`` describes: ``class(**model_kwargs)``, or
-    ``create_model(model, **model_kwargs)`` when no class is given."""
-    import importlib
-
-    kwargs = cfg.get("model_kwargs")
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"{where}: 'model_kwargs' must be a mapping")
-    path = cfg.get("class")
-    if not path:
-        return build_registered(cfg["model"], kwargs)
-    mod, _, qual = path.partition(":")
-    if not mod.startswith(_CLASS_PACKAGES) or not qual.isidentifier():
-        raise ValueError(f"{where}: class {path!r} is not a tubelet model class "
-                         f"(allowed modules: {', '.join(p + '*' for p in _CLASS_PACKAGES)})")
-    import pretrain.models  # noqa: F401  (registers every model)
-
-    cls = getattr(importlib.import_module(mod), qual, None)
-    if not isinstance(cls, type) or not issubclass(cls, nn.Module):
-        raise ValueError(f"{where}: {path!r} is not an nn.Module class")
-    return cls(**kwargs)
+    """Rebuild the encoder an encoder ``config.json`` (or a classifier spec's ``encoder``) describes,
+    format version 1 or 2 (:func:`pretrain.models.pretrained.build_encoder`)."""
+    return pretrained.build_encoder(cfg, where)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -160,14 +129,12 @@ def save_encoder(enc: nn.Module, out_dir: str | Path, *, name: Optional[str] = N
                  std=IMAGENET_STD, data: Optional[dict] = None, source: str = "",
                  head: Optional[dict] = None, labels: Optional[list] = None) -> Path:
     """Write ``out_dir/{config.json, model.safetensors}`` (+ ``head.safetensors`` with ``head``)."""
+    cfg = encoder_config(enc, name=name, mean=mean, std=std, data=data, source=source, head=head, labels=labels)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = encoder_config(enc, name=name, mean=mean, std=std, data=data, source=source, head=head, labels=labels)
-    _save_safetensors(enc.state_dict(), out / WEIGHTS_FILE)
     if head is not None:
         _save_safetensors({"weight": head["weight"], "bias": head["bias"]}, out / HEAD_FILE)
-    _write_json(out / CONFIG_FILE, cfg)
-    return out
+    return pretrained.save_encoder_dir(enc, out, cfg)
 
 
 def _encoder_name(src: Source) -> Optional[str]:
@@ -223,14 +190,13 @@ def _write_pretrain_preset(out: Path, src: Source) -> None:
 
 
 def read_encoder_dir(d: Path, cfg: dict) -> Source:
-    """An encoder directory (``cfg``: its config.json, format :data:`ENCODER_FORMAT`)."""
-    model = build_from_config(cfg, d / CONFIG_FILE)
-    report = load_exact(model, read_state_dict(d / WEIGHTS_FILE), str(d))
+    """An encoder directory (``cfg``: its config.json, format :data:`ENCODER_FORMAT`, version 1 or 2)."""
+    model, cfg, report = pretrained.load_encoder_dir(d, cfg)
     head = read_state_dict(d / HEAD_FILE) if (d / HEAD_FILE).is_file() else None
     src = Source(model, f"encoder {d}", cfg.get("model"), cfg.get("model_kwargs", {}), head=head,
-                 labels=(cfg.get("head") or {}).get("labels"), report=report)
+                 labels=(cfg.get("head") or {}).get("labels"), report={**report, "initialised_fresh": []})
     src.mean, src.std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
-    src.data = dict(cfg.get("data") or {})
+    src.data = pretrained.clip_data(cfg)
     return src
 
 

@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.models.video.mvit import MSBlockConfig, MultiscaleBlock, PositionalEncoding
 
+from .pretrained import PretrainedMixin
 from .registry import register_model
 from .vit import _pair
 
@@ -51,8 +52,11 @@ def mvit_block_settings(depths: Sequence[int], embed_dim: int = 96, num_heads: i
     return settings
 
 
-class MViT(nn.Module):
-    """MViTv2 encoder on ``x: (B, C, T, H, W)``; output stride ``patch_stride * 2^(stages-1)`` in space."""
+class MViT(nn.Module, PretrainedMixin):
+    """MViTv2 encoder on ``x: (B, C, T, H, W)``; output stride ``patch_stride * 2^(stages-1)`` in space.
+
+    ``save_pretrained(dir)`` / ``MViT.from_pretrained(dir)`` as VideoViT's (``model_type``
+    ``tubelet_mvitv2``; :mod:`pretrain.models.pretrained`)."""
 
     def __init__(self, img_size: Union[int, Sequence[int]] = 224, num_frames: int = 16, in_chans: int = 3,
                  num_classes: int = 0, embed_dim: int = 96, num_heads: int = 1, depths: Sequence[int] = (1, 2, 11, 2),

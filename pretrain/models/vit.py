@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention, DividedSpaceTimeBlock
 from .pos_embed import POS_EMBED_TYPES, build_pos_embed, pos_embed_for_grid
+from .pretrained import PretrainedMixin
 from .registry import register_model
 from .tubelets import ConvPoolEmbed3d, PatchEmbed3d, tubelet_grid
 
@@ -91,13 +92,15 @@ def init_vit_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-class VideoViT(nn.Module):
+class VideoViT(nn.Module, PretrainedMixin):
     """Video ViT encoder on ``x: (B, C, T, H, W)`` normalised clips.
 
     ``forward_features(x, ids_keep=None) -> (B, P + N, D)`` tokens (``P`` prefix tokens, 1 with
     a class token else 0); ``forward(x) -> (B, num_classes)`` or ``(B, D)`` when
     ``num_classes == 0``. ``model_config`` holds the constructor kwargs (JSON-serialisable):
-    ``type(m)(**m.model_config)`` rebuilds the same architecture.
+    ``type(m)(**m.model_config)`` rebuilds the same architecture; ``m.save_pretrained(dir)`` /
+    ``VideoViT.from_pretrained(dir)`` write and read it with its weights (``model_type``
+    ``tubelet_vit``; :mod:`pretrain.models.pretrained`).
     """
 
     def __init__(self, img_size: Union[int, Sequence[int]] = 224, patch_size: int = 16, num_frames: int = 16,
