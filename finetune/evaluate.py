@@ -248,23 +248,17 @@ def add_arguments(p) -> None:
 
 def run_probe_cli(args) -> int:
     """``tubelet evaluate --probe ...``: probe any encoder source, print and write ``probe.json``."""
-    import sys
 
     from finetune.extract import source_data_config
-    from pretrain.train.runtime import process_state
-    from finetune.interop.safe_load import UnsafeCheckpointError
-    from finetune.interop.sources import open_source
+    from finetune.interop.sources import open_source_arg
+    from pretrain.config import UsageError
     from pretrain.data.shard_writer import read_classes
     from pretrain.probe import ProbeError, probe_encoder
+    from pretrain.train.runtime import process_state
 
     if not args.shards:
-        print("tubelet evaluate: --probe needs --shards (labeled test shards)", file=sys.stderr)
-        return 2
-    try:
-        src = open_source(args.model)
-    except (UnsafeCheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"tubelet evaluate: {e}", file=sys.stderr)
-        return 2
+        raise UsageError("--probe needs --shards (labeled test shards)")
+    src = open_source_arg(args.model, "--model")
     enc = src.encoder
     cfg = source_data_config(src, batch_size=args.batch_size or 8,
                              num_workers=2 if args.workers is None else args.workers, sampling_rate=args.sampling_rate)
@@ -273,8 +267,7 @@ def run_probe_cli(args) -> int:
         if d and Path(d).is_dir():
             classes = classes or read_classes(d)
     if not classes:
-        print("tubelet evaluate: --probe needs labeled shards with a classes.json", file=sys.stderr)
-        return 2
+        raise UsageError("--probe needs labeled shards with a classes.json")
     state = process_state()
     rank, world, device = state.process_index, state.num_processes, state.device
     try:
@@ -282,8 +275,7 @@ def run_probe_cli(args) -> int:
                             fit_shards=args.train_shards or None, rank=rank, world_size=world, device=device,
                             steps=args.probe_steps, progress=not args.no_progress)
     except ProbeError as e:
-        print(f"tubelet evaluate: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--shards: {e}") from e
     if rank == 0:
         for kind, r in res.items():
             print(f"probe {kind}: top-1 {100 * r['top1']:.2f}% (fit on {r['n_fit']} videos, scored on {r['n_score']})")
@@ -311,8 +303,9 @@ def run(args) -> int:
         cfg.data.num_workers = args.workers
     shards = args.shards or cfg.data.val_shards
     if not shards:
-        print("tubelet evaluate: no --shards given and the run has no data.val_shards")
-        return 2
+        from pretrain.config import UsageError
+
+        raise UsageError("--shards: not given, and the run has no data.val_shards")
     k = args.num_clips or cfg.data.test_num_clips
     c = args.num_crops or cfg.data.test_num_crops
     out = Path(args.out or meta["run_dir"])

@@ -151,17 +151,12 @@ def write(out: str | Path, keys: list[str], emb: np.ndarray, labels: np.ndarray,
 
 
 def run(args: argparse.Namespace) -> int:
-    from finetune.interop.safe_load import UnsafeCheckpointError
-    from finetune.interop.sources import open_source
+    from finetune.interop.sources import open_source_arg
+    from pretrain.config import UsageError
 
     if args.num_clips < 1:
-        print(f"tubelet extract: --num-clips must be >= 1, got {args.num_clips}", file=sys.stderr)
-        return 2
-    try:
-        src = open_source(args.model)
-    except (UnsafeCheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"tubelet extract: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--num-clips must be >= 1, got {args.num_clips}")
+    src = open_source_arg(args.model, "--model")
     enc = src.encoder
     cfg = source_data_config(src, batch_size=args.batch_size, num_workers=args.workers, backend=args.backend,
                              sampling_rate=args.sampling_rate)

@@ -5,7 +5,7 @@
     tubelet demo --preset zoo                     # every baseline of the zoo once
 
 Stages: synthesize (motion-defined classes) → pretrain VideoMAE → fine-tune the pretrained ViT and
-the same ViT from scratch → baselines of the lecture → compare (Markdown report) → export the
+the same ViT from scratch → the classic baselines → compare (Markdown report) → export the
 encoder (safetensors + ONNX checked against onnxruntime). Each stage runs as its own ``tubelet``
 process, logging to ``OUT/logs/STAGE.log``; a progress bar with an ETA runs over the stages.
 At the end the report is printed with the preset's checks as PASS/FAIL and their measured values

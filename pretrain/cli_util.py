@@ -75,7 +75,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
 
 def run_command(module: ModuleType, argv: list[str], prog: str, fallback_help: str = "") -> int:
     """Parse ``argv`` with ``module.add_arguments`` and call ``module.run(args)`` under the policy above."""
-    from pretrain.config import ConfigError
+    from pretrain.config import ConfigError, UsageError
 
     debug, argv = debug_requested(list(argv))
     args = parse(build_parser(module, prog, fallback_help), argv)
@@ -89,9 +89,8 @@ def run_command(module: ModuleType, argv: list[str], prog: str, fallback_help: s
     except ConfigError as e:
         if debug:
             raise
-        msg = one_line(e)
-        label = "usage error" if msg.startswith("-") else "config error"   # a flag's value, not a config key
-        print(f"{prog}: {label}: {msg}", file=sys.stderr, flush=True)
+        label = "usage error" if isinstance(e, UsageError) else "config error"   # a flag, or a config key
+        print(f"{prog}: {label}: {one_line(e)}", file=sys.stderr, flush=True)
         return 2
     except Exception as e:  # noqa: BLE001 — the one place that turns any failure into one line
         if debug:

@@ -53,13 +53,18 @@ def resolve_preset(path: str | Path, section: str | None = None) -> Path:
         if cand.is_file():
             return cand
         if not p.is_file():
-            raise ConfigError(f"--config: no preset {str(path)!r} for {section} (presets: "
+            raise UsageError(f"--config: no preset {str(path)!r} for {section} (presets: "
                               f"{', '.join(preset_names(section))}; or give a YAML path)")
     return _resolve(path)
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or invalid; the message names the field."""
+
+
+class UsageError(ConfigError):
+    """A command-line flag is missing or has a bad value (a path that does not exist, a number out
+    of range); the message starts with the flag. The command runner prints it as ``usage error``."""
 
 
 def _check(cond: bool, name: str, msg: str) -> None:

@@ -1,4 +1,4 @@
-"""The baseline zoo: every registered model builds, runs, trains; the lecture's facts hold.
+"""The baseline zoo: every registered model builds, runs, trains; the papers' facts hold (C3D's table and cost).
 
 Tiny configs (4 frames, 16 px) keep the whole file fast on a shared 2-core CPU; the C3D table test
 runs the full-size model (16×112×112, batch 1, about a second on one thread).
@@ -92,7 +92,7 @@ def call(model: nn.Module, video: torch.Tensor, flow: torch.Tensor) -> torch.Ten
     return model(video, flow=flow) if model.needs_flow else model(video)
 
 
-def test_registry_lists_every_lecture_model():
+def test_registry_lists_every_classic_model():
     assert REQUIRED <= set(list_baselines())
     assert set(BASELINE_INFO) == set(list_baselines())
     for name, info in BASELINE_INFO.items():
@@ -171,7 +171,7 @@ def test_order_awareness_matches_registry(name, batch):
         assert rel < 1e-4, f"{name} is registered order-blind but depends on frame order (rel. diff {rel:.1e})"
 
 
-# The lecture's table ("C3D: El VGG de 3D CNN"), input 3 x 16 x 112 x 112.
+# C3D's layer table (Tran et al. 2015), input 3 x 16 x 112 x 112.
 C3D_TABLE = [("conv1", (64, 16, 112, 112)), ("pool1", (64, 16, 56, 56)), ("conv2", (128, 16, 56, 56)),
              ("pool2", (128, 8, 28, 28)), ("conv3a", (256, 8, 28, 28)), ("conv3b", (256, 8, 28, 28)),
              ("pool3", (256, 4, 14, 14)), ("conv4a", (512, 4, 14, 14)), ("conv4b", (512, 4, 14, 14)),
@@ -179,7 +179,7 @@ C3D_TABLE = [("conv1", (64, 16, 112, 112)), ("pool1", (64, 16, 56, 56)), ("conv2
              ("pool5", (512, 1, 3, 3))]
 
 
-def test_c3d_matches_the_lecture_table():
+def test_c3d_matches_the_paper_table():
     torch.manual_seed(0)
     model = create_baseline("c3d", num_classes=487, num_frames=16, img_size=112, width=1.0).eval()
     sizes = []
@@ -192,7 +192,7 @@ def test_c3d_matches_the_lecture_table():
     assert [c.kernel_size for c in convs] == [(3, 3, 3)] * 8
     assert (model.fc6.in_features, model.fc6.out_features) == (512 * 1 * 3 * 3, 4096)
     assert (model.fc7.out_features, model.fc8.out_features) == (4096, 487) and out.shape == (1, 487)
-    # The lecture quotes 39.5 GFLOP (multiply-adds); FlopCounterMode counts 2 FLOPs per multiply-add.
+    # C3D's cost is quoted as 39.5 GFLOP (multiply-adds); FlopCounterMode counts 2 FLOPs per multiply-add.
     with torch.device("meta"):
         meta = create_baseline("c3d", num_classes=487, num_frames=16, img_size=112, width=1.0)
     assert gflops_per_clip(meta, 16, 112) / 2 == pytest.approx(39.5, rel=0.05)

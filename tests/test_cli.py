@@ -127,3 +127,22 @@ def test_a_bad_flag_value_is_a_usage_error_not_a_config_error(tmp_path, capsys):
     assert main(["export", "--from", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     line = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()][0]
     assert line.startswith("tubelet export: usage error: --from:") and "does not exist" in line
+
+
+@pytest.mark.parametrize("argv, start", [
+    (["extract", "--model", "M", "--shards", "S", "--out", "o.npy", "--num-clips", "0"],
+     "tubelet extract: usage error: --num-clips must be >= 1"),
+    (["extract", "--model", "MISSING", "--shards", "S", "--out", "o.npy"], "tubelet extract: usage error: --model:"),
+    (["evaluate", "--probe", "knn", "--model", "MISSING", "--shards", "S"], "tubelet evaluate: usage error: --model:"),
+    (["evaluate", "--probe", "knn", "--model", "MISSING"], "tubelet evaluate: usage error: --probe needs --shards"),
+    (["verify", "S", "--workers", "0"], "tubelet verify: usage error: --workers must be >= 1"),
+    (["shard", "--input", "MISSING.csv", "--out", "OUT"], "tubelet shard: usage error: --input/--out:"),
+    (["pretrain", "--config", "no_such_preset"], "tubelet pretrain: usage error: --config: no preset"),
+])
+def test_usage_errors_name_the_flag_in_one_line(argv, start, tmp_path, capsys, monkeypatch):
+    """Every command reports a bad flag value as one ``usage error`` line (exit 2) and writes nothing."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    lines = _err_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(start), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

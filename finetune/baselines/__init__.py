@@ -1,4 +1,5 @@
-"""The lecture's classic video models, one registry, one calling convention.
+"""The classic video models (single-frame and fusion CNNs, 3D CNNs, C3D, two-stream, recurrent
+convolution, non-local, TimeSformer / ViViT / VTN), one registry, one calling convention.
 
 >>> from finetune.baselines import create_baseline, list_baselines, BASELINE_INFO
 >>> model = create_baseline("c3d", num_classes=10, num_frames=16, img_size=32, width=0.25)
@@ -34,8 +35,7 @@ def gflops_per_clip(model: nn.Module, num_frames: int, img_size: int) -> float:
     """Forward GFLOPs for one ``(3, num_frames, img_size, img_size)`` clip, in eval mode.
 
     Counted by ``torch.utils.flop_counter.FlopCounterMode``, which counts a multiply-add as 2 FLOPs
-    (matmuls, convolutions, attention); elementwise ops are not counted. Papers and the lecture
-    usually quote multiply-adds ("C3D: 39.5 GFLOP" is ~38.5 G multiply-adds), i.e. half of this.
+    (matmuls, convolutions, attention); elementwise ops are not counted. Papers usually quote multiply-adds ("C3D: 39.5 GFLOP" is ~38.5 G multiply-adds), i.e. half of this.
     Two-stream models get a zero flow of the matching shape. A model built under
     ``torch.device("meta")`` is counted without any arithmetic (useful at full size).
     """

@@ -1,7 +1,7 @@
-"""3D-CNN baselines: a small VGG-style 3×3×3 net, C3D (the lecture's exact table), torchvision R3D / R(2+1)D.
+"""3D-CNN baselines: a small VGG-style 3×3×3 net, C3D (Tran et al., ICCV 2015, their layer table), torchvision R3D / R(2+1)D.
 
-Convolution and pooling in 3D fuse time gradually (the lecture's "versión 3D de convolución y
-pooling"), unlike early fusion which spends all of time in the first layer. Pools never shrink a
+Convolution and pooling in 3D fuse time gradually (Tran et al.: 3D convolution and
+pooling), unlike early fusion which spends all of time in the first layer. Pools never shrink a
 dimension below 1 (:class:`SafeMaxPool3d`), so 16×32×32 clips, 8-frame clips and the full
 16×112×112 all run through the same layer tables.
 """
@@ -94,7 +94,7 @@ class CNN3d(nn.Module):
         return self.head(self.drop(self.forward_features(video).mean((2, 3, 4))))
 
 
-# The lecture's C3D table (Tran et al. 2015): (name, out channels at width 1) and pools.
+# C3D's layer table (Tran et al., ICCV 2015, Fig. 3): (name, out channels at width 1) and pools.
 C3D_LAYERS = [("conv1", 64), ("pool1", (1, 2, 2)), ("conv2", 128), ("pool2", (2, 2, 2)),
               ("conv3a", 256), ("conv3b", 256), ("pool3", (2, 2, 2)),
               ("conv4a", 512), ("conv4b", 512), ("pool4", (2, 2, 2)),
@@ -105,7 +105,7 @@ C3D_FC = 4096
 def c3d_grid(num_frames: int, img_size: int) -> tuple[int, int, int]:
     """The ``(T, H, W)`` grid after C3D's pool5 for a ``num_frames × img_size²`` clip (floor pooling).
 
-    16×112×112 → (1, 3, 3), the lecture's "Pool5 512 x 1 x 3 x 3"; 16×32×32 → (1, 1, 1).
+    16×112×112 → (1, 3, 3), C3D's pool5 output 512 × 1 × 3 × 3; 16×32×32 → (1, 1, 1).
     """
     grid = [num_frames, img_size, img_size]
     for _, spec in C3D_LAYERS:
@@ -115,7 +115,7 @@ def c3d_grid(num_frames: int, img_size: int) -> tuple[int, int, int]:
 
 
 class C3D(nn.Module):
-    """C3D with the lecture's layer table, scaled by ``width`` (channels and fc sizes).
+    """C3D with Tran et al.'s layer table, scaled by ``width`` (channels and fc sizes).
 
     ``features`` holds conv1 … pool5 under the table's names; then an adaptive average pool to
     ``grid`` (default: what pool5 gives at the construction size, so at 16×112×112 it is the
@@ -182,7 +182,7 @@ def cnn3d(num_classes=10, num_frames=16, img_size=32, channels=(16, 32, 64, 128)
 
 @register_baseline("c3d", family="3d", order_aware=True,
                    reference="Tran et al., Learning Spatiotemporal Features with 3D CNNs (C3D), ICCV 2015",
-                   description="C3D, the lecture's layer table (conv1-5b, pool1 1x2x2, fc6/fc7) x width")
+                   description="C3D (Tran et al. 2015) layer table (conv1-5b, pool1 1x2x2, fc6/fc7) x width")
 def c3d(num_classes=10, num_frames=16, img_size=32, width=0.25, bn=True, drop_rate=0.5, grid=None):
     return C3D(num_classes, num_frames, img_size, width, bn, drop_rate, grid)
 

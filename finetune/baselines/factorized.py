@@ -1,7 +1,7 @@
 """Factorized space-time attention transformers: TimeSformer (divided attention) and ViViT (factorized encoder).
 
-Joint attention over all ``T·N`` tokens costs ``(T·N)²``; both models factorize it (the lecture's
-"factorized attention: attend over space / time"):
+Joint attention over all ``T·N`` tokens costs ``(T·N)²``; both models factorize it, attending over
+space and over time separately:
 
 - TimeSformer (Bertasius et al., ICML 2021), *divided space-time attention*: inside every block,
   each patch first attends to the same spatial position in the other frames (temporal attention,

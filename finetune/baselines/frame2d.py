@@ -1,4 +1,4 @@
-"""2D-CNN video baselines from the lecture: single-frame, late fusion (3 poolings), early fusion.
+"""2D-CNN video baselines of Karpathy et al. (CVPR 2014): single-frame, late fusion (3 poolings), early fusion.
 
 All share one timm 2D backbone builder, :func:`make_backbone2d` (``pretrained=False`` always). The
 default backbone is timm's ResNet-18 narrowed to a quarter width (channels 16-32-64-128, ~0.7 M
@@ -11,7 +11,7 @@ Why ``single_frame`` and ``late_fusion_avg`` are different models although their
 is nearly the same: ``late_fusion_avg`` = linear head on mean-pooled per-frame features, and since
 the head is linear, ``W·mean_t(f_t) + b = mean_t(W·f_t + b)`` — it *is* the average of single-frame
 logits (tested). What differs is training: the single-frame CNN is trained on independent frames
-(lecture: "entrenar un CNN normal para clasificar frames independientes") and only averages its
+(Karpathy et al.'s single-frame model: an image CNN on independent frames) and only averages its
 scores at test time; late fusion puts the loss on the fused clip score.
 """
 
@@ -169,8 +169,8 @@ class LateFusion(FrameFeatures):
 class EarlyFusion(nn.Module):
     """Early fusion: the T frames stacked into ``3T`` input channels of the first 2D conv.
 
-    Time is consumed entirely by the first layer (the lecture's "a single temporal processing step
-    may be insufficient"), and that filter is not shift-invariant in time.
+    Time is consumed entirely by the first layer (one temporal processing step, which Karpathy
+    et al. found weaker than fusing time gradually), and that filter is not shift-invariant in time.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, num_frames: int, drop_rate: float = 0.0):

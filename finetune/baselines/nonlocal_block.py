@@ -3,8 +3,8 @@
 Embedded-Gaussian form: every position of the ``T×H×W`` grid attends to every (optionally
 sub-sampled) position, ``y_i = Σ_j softmax_j(θ(x_i)·φ(x_j)/√d) g(x_j)``, ``z = x + BN(W y)``.
 The output BN's scale (or the output conv, without BN) starts at zero, so an inserted block is the
-identity at initialisation and can be dropped into a trained 3D CNN without changing it — the
-lecture's "we can add nonlocal blocks into existing 3D CNN architectures".
+identity at initialisation and can be dropped into a trained 3D CNN without changing it, as Wang et
+al. insert non-local blocks into pretrained 3D CNNs (I3D / ResNet-3D).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Recurrent convolutional network (GRU-RCN, Ballas et al., ICLR 2016): ConvGRUs over time.
 
-The lecture's picture: the whole network works on 2D feature maps ``C×H×W``; each map depends on
+Ballas et al.'s picture: the whole network works on 2D feature maps ``C×H×W``; each map depends on
 (1) the same layer at the previous time step and (2) the previous layer at the same time step;
 different weights per layer, weights shared across time. So: a per-frame conv stem, then a stack
 of ConvGRU levels (level ``l``'s input at time ``t`` is level ``l-1``'s hidden map at ``t``,

@@ -42,21 +42,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Bad input (missing or unreadable --from, a model HF cannot express) raises ConfigError (one
+    """Bad input (missing or unreadable --from, a model HF cannot express) raises UsageError (one
     line, exit 2, from :func:`pretrain.cli_util.run_command`); a failed self-check RuntimeError (exit 1)."""
     from finetune.interop.hf import HFConversionError, export_hf, export_hf_pretraining
     from finetune.interop.native import save_source
     from finetune.interop.onnx import export_onnx, onnx_sidecar
-    from finetune.interop.sources import UNREADABLE, open_source
-    from pretrain.config import ConfigError
+    from finetune.interop.sources import open_source_arg
+    from pretrain.config import ConfigError, UsageError
 
     if args.opset < 17:
-        raise ConfigError(f"--opset must be >= 17, got {args.opset}")
-    try:
-        src = open_source(args.source, num_frames=args.num_frames, img_size=args.img_size,
-                          num_heads=args.num_heads) if Path(args.source).is_file() else open_source(args.source)
-    except UNREADABLE as e:
-        raise ConfigError(f"--from: {e}") from e
+        raise UsageError(f"--opset must be >= 17, got {args.opset}")
+    kw = dict(num_frames=args.num_frames, img_size=args.img_size, num_heads=args.num_heads) \
+        if Path(args.source).is_file() else {}
+    src = open_source_arg(args.source, "--from", **kw)
     enc = src.encoder.eval()
     if args.no_head:
         src.head = None
@@ -75,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                                                             indent=1) + "\n")
         elif args.with_decoder:
             if src.kind != "pretraining":
-                raise ConfigError(f"--with-decoder: {src.origin} holds no decoder")
+                raise UsageError(f"--with-decoder: {src.origin} holds no decoder")
             export_hf_pretraining(src.model, out, mean=src.mean, std=src.std, atol=args.atol)
         else:
             export_hf(enc, out, head=src.head, labels=src.labels, mean=src.mean, std=src.std, atol=args.atol)

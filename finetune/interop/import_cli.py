@@ -40,19 +40,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Bad input (missing --from, a directory that is not HF VideoMAE, a refused or unconvertible
-    checkpoint) raises ConfigError (one line, exit 2, from :func:`pretrain.cli_util.run_command`);
+    checkpoint) raises UsageError (one line, exit 2, from :func:`pretrain.cli_util.run_command`);
     a failed check against transformers RuntimeError (exit 1)."""
     from finetune.interop.hf import check_hf_import, import_hf, is_hf_dir
     from finetune.interop.native import save_pretrainer, save_source
     from finetune.interop.pth import import_original
     from finetune.interop.sources import UNREADABLE
-    from pretrain.config import ConfigError
+    from pretrain.config import UsageError
 
     src_path = Path(args.source)
     if not src_path.exists():
-        raise ConfigError(f"--from: {src_path}: does not exist")
+        raise UsageError(f"--from: {src_path}: does not exist")
     if src_path.is_dir() and not is_hf_dir(src_path):
-        raise ConfigError(f"--from: {src_path}: not a Hugging Face VideoMAE directory (config.json with model_type "
+        raise UsageError(f"--from: {src_path}: not a Hugging Face VideoMAE directory (config.json with model_type "
                           f"'videomae'){_tubelet_hint(src_path)}")
     try:
         if src_path.is_dir():
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             src = import_original(src_path, kind=args.kind, num_frames=args.num_frames, img_size=args.img_size,
                                   num_heads=args.num_heads, decoder_num_heads=args.decoder_num_heads)
     except UNREADABLE as e:
-        raise ConfigError(f"--from: {e}") from e
+        raise UsageError(f"--from: {e}") from e
     r = src.report
     print(f"import: {src_path} -> {src.kind}: {type(src.model).__name__} ({src.name or 'custom size'}), "
           f"{r['tensors']} tensors / {r['parameters'] / 1e6:.2f}M values loaded"

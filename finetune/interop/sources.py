@@ -48,6 +48,17 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu", **import_
     return open_source(path, **import_kw).encoder.eval().to(device)
 
 
+def open_source_arg(path: str | Path, flag: str, **import_kw) -> Source:
+    """:func:`open_source` for a command-line flag: what it cannot read raises
+    :class:`~pretrain.config.UsageError` naming ``flag`` (one line on stderr, exit 2)."""
+    from pretrain.config import UsageError
+
+    try:
+        return open_source(path, **import_kw)
+    except UNREADABLE as e:
+        raise UsageError(f"{flag}: {e}") from e
+
+
 def open_source(path: str | Path, **import_kw) -> Source:
     """Resolve ``path`` (see module docstring) to a :class:`Source` with its weights loaded.
 

@@ -353,10 +353,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pretrain.config import UsageError
+
     for name in ("workers", "shard_size", "keyint", "min_frames"):
         if getattr(args, name) < 1:
-            print(f"tubelet shard: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
-            return 2
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     try:
         c = shard_videos(args.input, args.out, root=args.root, classes_file=args.classes, copy=args.copy,
                          short_side=args.short_side, fps=args.fps, keyint=args.keyint,
@@ -364,8 +365,7 @@ def run(args: argparse.Namespace) -> int:
                          workers=args.workers, shard_size=args.shard_size, timeout=args.timeout,
                          retry_rejected=args.retry_rejected, progress=not args.no_progress)
     except (InputError, OSError) as e:
-        print(f"tubelet shard: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--input/--out: {e}") from e
     if c["ok"] == 0:
         print(f"tubelet shard: no video written: all {c['rejected']} input(s) rejected; the reasons are in "
               f"{Path(args.out) / 'rejected.csv'}", file=sys.stderr)

@@ -189,8 +189,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.timeout <= 0:
-        print("tubelet verify: --workers must be >= 1 and --timeout > 0", file=sys.stderr)
-        return 2
+        from pretrain.config import UsageError
+
+        raise UsageError(f"--workers must be >= 1 and --timeout > 0 (got {args.workers}, {args.timeout})")
     rc = 0
     for d in args.dirs:
         if not Path(d).exists():
