@@ -120,13 +120,15 @@ def _labels_per_class(shards: str, num_classes: int) -> float | None:
 
 def finetune(cfg: FinetuneConfig) -> dict:
     """Train ``cfg`` (resuming when possible), evaluate on ``data.val_shards``; returns results."""
+    from functools import partial
+
     from finetune.baselines import BASELINE_INFO, count_params, gflops_per_clip
     from finetune.evaluate import evaluate_model, report_lines, save_confusion_png
     from pretrain.data.loader import build_loader, resolve_shards
     from pretrain.train.optim import param_groups
     from pretrain.train.recipe import apply_recipe
     from pretrain.train.runtime import init_runtime
-    from pretrain.train.trainer import Trainer, seed_everything
+    from pretrain.train.trainer import Trainer, export_final, seed_everything
 
     if not cfg.data.shards:
         raise ConfigError("data.shards: set the labeled training shards")
@@ -180,7 +182,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         export = {"format": CLASSIFIER_FORMAT, "spec": spec, "num_classes": num_classes, "classes": classes,
                   "model": cfg.model.name, "init": how}
         trainer = Trainer(rt, make_step_fn(cfg, num_classes, rt.device), make_loader, optim=cfg.optim, run=cfg.run,
-                          config=cfg, export=export, callbacks=callbacks,
+                          config=cfg, on_finish=partial(export_final, meta=export), callbacks=callbacks,
                           desc=f"finetune {cfg.model.name}", clips_per_video=cfg.data.num_repeats)
         history = trainer.fit()
         enc = getattr(model, "encoder", model)

@@ -176,10 +176,12 @@ def make_probe_callback(cfg: PretrainConfig, num_classes: int):
 
 def pretrain(cfg: PretrainConfig) -> list[dict]:
     """Train ``cfg`` to ``run.max_steps`` (resuming when possible); returns the metric records."""
+    from functools import partial
+
     from pretrain.data.loader import build_loader, resolve_shards
     from pretrain.train.optim import param_groups
     from pretrain.train.runtime import init_runtime
-    from pretrain.train.trainer import Trainer, seed_everything
+    from pretrain.train.trainer import Trainer, export_final, seed_everything
 
     rt = init_runtime(cfg.dist, cfg.optim, cfg.data.batch_size)
     try:
@@ -221,7 +223,8 @@ def pretrain(cfg: PretrainConfig) -> list[dict]:
             if fresh:
                 probe0 = probe_record(cfg, rt, 0, num_classes)       # the initial (random or warm) encoder
         trainer = Trainer(rt, make_step_fn(cfg, rt.device), make_loader, optim=cfg.optim, run=cfg.run, config=cfg,
-                          export={"model": cfg.model.name, "model_kwargs": model_kwargs(cfg)},
+                          on_finish=partial(export_final, meta={"model": cfg.model.name,
+                                                                "model_kwargs": model_kwargs(cfg)}),
                           callbacks=callbacks, desc="pretrain", clips_per_video=cfg.data.num_repeats)
         if probe0 is not None:
             trainer.history.append(probe0)                 # written to metrics.jsonl when the run starts

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,17 +27,16 @@ PRESET = str(REPO / "configs" / "pretrain" / "synth_tiny.yaml")
 
 
 def _cfg(micro=8, accum=1, stage=0, precision="fp32", clip=None, offload=False):
-    return SimpleNamespace(data=SimpleNamespace(batch_size=micro),
-                           dist=DistConfig(deepspeed=True, zero_stage=stage, grad_accum=accum, precision=precision,
-                                           offload_optimizer=offload),
-                           optim=OptimConfig(clip_grad=clip))
+    """The leading arguments of ``to_deepspeed_config``: (dist, micro_batch, clip_grad)."""
+    return (DistConfig(deepspeed=True, zero_stage=stage, grad_accum=accum, precision=precision,
+                       offload_optimizer=offload), micro, clip)
 
 
 @pytest.mark.parametrize("micro,accum,world,stage,precision,clip", [
     (8, 1, 1, 0, "fp32", None), (4, 2, 2, 2, "fp32", 1.0), (2, 8, 8, 3, "bf16", 0.02),
     (32, 4, 64, 1, "fp16", 3.0), (1, 1, 3, 2, "bf16", None)])
 def test_deepspeed_config_arithmetic(micro, accum, world, stage, precision, clip):
-    ds = to_deepspeed_config(_cfg(micro, accum, stage, precision, clip), world)
+    ds = to_deepspeed_config(*_cfg(micro, accum, stage, precision, clip), world)
     assert ds["train_batch_size"] == micro * accum * world
     assert ds["train_micro_batch_size_per_gpu"] == micro and ds["gradient_accumulation_steps"] == accum
     assert ds["zero_optimization"]["stage"] == stage
@@ -50,12 +48,12 @@ def test_deepspeed_config_arithmetic(micro, accum, world, stage, precision, clip
 
 
 def test_deepspeed_config_precision_auto_and_offload():
-    assert to_deepspeed_config(_cfg(precision="auto"), 1, device_type="cuda")["bf16"]["enabled"] is True
-    assert to_deepspeed_config(_cfg(precision="auto"), 1, device_type="cpu")["bf16"]["enabled"] is False
-    ds = to_deepspeed_config(_cfg(stage=2, offload=True), 4)
+    assert to_deepspeed_config(*_cfg(precision="auto"), 1, device_type="cuda")["bf16"]["enabled"] is True
+    assert to_deepspeed_config(*_cfg(precision="auto"), 1, device_type="cpu")["bf16"]["enabled"] is False
+    ds = to_deepspeed_config(*_cfg(stage=2, offload=True), 4)
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     with pytest.raises(ConfigError, match="dist.offload_optimizer: needs dist.zero_stage 2 or 3"):
-        to_deepspeed_config(_cfg(stage=1, offload=True), 4)
+        to_deepspeed_config(*_cfg(stage=1, offload=True), 4)
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
@@ -63,25 +61,25 @@ def test_shipped_templates_fill_from_the_config(stage):
     tpl = load_template(REPO / "launch" / "deepspeed" / f"zero{stage}.json")
     assert not any(k.startswith("_") for k in tpl)  # documentation keys are stripped
     cfg = _cfg(micro=4, accum=2, stage=stage, precision="bf16", clip=1.0)
-    filled = to_deepspeed_config(cfg, 4, tpl)
-    plain = to_deepspeed_config(cfg, 4)
+    filled = to_deepspeed_config(*cfg, 4, tpl)
+    plain = to_deepspeed_config(*cfg, 4)
     for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                 "gradient_clipping", "bf16", "fp16"):
         assert filled[key] == plain[key], key
     assert filled["zero_optimization"]["stage"] == stage and "auto" not in json.dumps(filled)
     with pytest.raises(ConfigError, match=r"zero_optimization.stage=%d contradicts the config \(dist.zero_stage"
                                           % stage):
-        to_deepspeed_config(_cfg(stage=(stage + 1) % 4), 4, tpl)
+        to_deepspeed_config(*_cfg(stage=(stage + 1) % 4), 4, tpl)
 
 
 def test_template_contradicting_the_batch_is_rejected():
     tpl = {"train_batch_size": 999, "zero_optimization": {"stage": "auto", "reduce_bucket_size": 1000}}
     with pytest.raises(ConfigError, match=r"train_batch_size=999 contradicts .*data.batch_size x dist.grad_accum"):
-        to_deepspeed_config(_cfg(micro=4, accum=2), 2, tpl)
-    ok = to_deepspeed_config(_cfg(micro=4, accum=2, stage=2), 2, {**tpl, "train_batch_size": 16})
+        to_deepspeed_config(*_cfg(micro=4, accum=2), 2, tpl)
+    ok = to_deepspeed_config(*_cfg(micro=4, accum=2, stage=2), 2, {**tpl, "train_batch_size": 16})
     assert ok["zero_optimization"]["reduce_bucket_size"] == 1000  # tuning keys pass through
     with pytest.raises(ConfigError, match="offload_optimizer.device='cpu' contradicts"):
-        to_deepspeed_config(_cfg(stage=2), 2, {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}})
+        to_deepspeed_config(*_cfg(stage=2), 2, {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}})
 
 
 def test_launcher_env_decides_deepspeed_and_conflicts_fail():

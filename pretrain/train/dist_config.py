@@ -3,7 +3,7 @@
 Everything here is a pure function of the config (and of the environment passed in), so it is
 unit-tested without processes:
 
-    ds = to_deepspeed_config(cfg, world_size=8)
+    ds = to_deepspeed_config(cfg.dist, cfg.data.batch_size, cfg.optim.clip_grad, world_size=8)
     ds["train_batch_size"] == cfg.data.batch_size * cfg.dist.grad_accum * 8
 
 A DeepSpeed JSON template (``dist.deepspeed_config``, e.g. ``launch/deepspeed/zero2.json``) may
@@ -61,26 +61,28 @@ def check_dist(dist) -> None:
         raise ConfigError(f"dist.offload_optimizer: needs dist.zero_stage 2 or 3, got {dist.zero_stage}")
 
 
-def to_deepspeed_config(cfg, world_size: int, template: Optional[dict] = None,
-                        device_type: str = "cpu") -> dict:
-    """The DeepSpeed config for ``cfg`` (sections ``data``, ``dist``, ``optim``) on ``world_size`` ranks.
+def to_deepspeed_config(dist, micro_batch: int, clip_grad: Optional[float], world_size: int,
+                        template: Optional[dict] = None, device_type: str = "cpu") -> dict:
+    """The DeepSpeed config for ``dist`` (``cfg.dist``), ``micro_batch`` clips per rank and
+    micro-step (``cfg.data.batch_size``) and ``clip_grad`` (``cfg.optim.clip_grad``; None or 0 = off)
+    on ``world_size`` ranks.
 
-    ``train_batch_size = micro x accum x world``; ZeRO stage, clipping (0 = off) and bf16/fp16
-    follow ``cfg``. ``template`` (a parsed DeepSpeed JSON) may add keys; its ``"auto"`` values
-    are filled and contradicting explicit values raise :class:`ConfigError`.
+    ``train_batch_size = micro x accum x world``; ZeRO stage, clipping and bf16/fp16 follow the
+    arguments. ``template`` (a parsed DeepSpeed JSON) may add keys; its ``"auto"`` values are
+    filled and contradicting explicit values raise :class:`ConfigError`.
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    check_dist(dataclasses.replace(cfg.dist, deepspeed=True))
-    micro, accum, stage = cfg.data.batch_size, cfg.dist.grad_accum, cfg.dist.zero_stage
-    precision = resolve_precision(cfg.dist.precision, device_type)
+    check_dist(dataclasses.replace(dist, deepspeed=True))
+    micro, accum, stage = micro_batch, dist.grad_accum, dist.zero_stage
+    precision = resolve_precision(dist.precision, device_type)
     zero: dict = {"stage": stage}
     if stage >= 1:
         zero.update(contiguous_gradients=True, overlap_comm=False, reduce_scatter=True,
                     reduce_bucket_size=int(5e7), allgather_bucket_size=int(5e7))
     if stage == 3:
         zero.update(stage3_gather_16bit_weights_on_model_save=False)
-    if cfg.dist.offload_optimizer:
+    if dist.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": device_type == "cuda"}
     elif stage >= 1:
         zero["offload_optimizer"] = {"device": "none"}  # explicit, so a template cannot turn it on unnoticed
@@ -88,7 +90,7 @@ def to_deepspeed_config(cfg, world_size: int, template: Optional[dict] = None,
         "train_batch_size": micro * accum * world_size,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accum,
-        "gradient_clipping": float(cfg.optim.clip_grad or 0.0),
+        "gradient_clipping": float(clip_grad or 0.0),
         "zero_optimization": zero,
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16"},

@@ -21,13 +21,13 @@ gradients; ZeRO 1-3 find the non-finite gradients themselves and skip (``was_ste
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -39,7 +39,7 @@ from pretrain.train.dist_config import (apply_launcher_env, check_dist, check_la
 from pretrain.models.state_dict import unshare
 from pretrain.train.optim import build_optimizer
 
-__all__ = ["Runtime", "StepResult", "init_runtime", "to_deepspeed_config"]
+__all__ = ["DeepSpeedRuntime", "Runtime", "StepResult", "TorchRuntime", "init_runtime", "process_state"]
 
 DS_TAG = "ds"  # DeepSpeed's sub-directory inside one of our checkpoint directories
 ELASTIC_FILE = "elastic.pt"
@@ -66,8 +66,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Runtime:
-    """Rank/device facts plus the backend operations the training loop needs."""
+class Runtime(abc.ABC):
+    """Rank/device facts plus the backend operations the training loop needs.
+
+    The base holds what every backend shares: the facts (rank, device, precision, batch layout),
+    the collectives, autocast, the LR setter, the finiteness check, ``compile`` and the model
+    signature. A backend (:class:`TorchRuntime`, :class:`DeepSpeedRuntime`) implements the
+    abstract methods: wrapping (``setup``), one step (``micro_step``, ``backward``, ``step``) and
+    its checkpoint files (``save``, ``load``, ``load_elastic``, ``full_state_dict``). After
+    ``setup`` it sets ``model`` (what the loop calls), ``module`` (the bare model), ``optimizer``
+    (whose ``param_groups`` ``set_lr`` writes) and, for DeepSpeed, ``engine``.
+    """
 
     def __init__(self, state, dist_cfg, optim_cfg, micro_batch: int, notes: list[str]):
         self.state = state  # accelerate.PartialState
@@ -77,7 +86,6 @@ class Runtime:
         self.notes = notes
         self.rank: int = state.process_index
         self.world_size: int = state.num_processes
-        self.local_rank: int = state.local_process_index
         self.device: torch.device = state.device
         self.is_main: bool = state.is_main_process
         self.precision = resolve_precision(dist_cfg.precision, self.device.type)
@@ -154,9 +162,9 @@ class Runtime:
             tdist.destroy_process_group()
 
     # ---- wrapping ---------------------------------------------------------------------------
+    @abc.abstractmethod
     def setup(self, model: nn.Module, groups: list[dict]) -> None:
         """Move ``model`` to the device, build torch AdamW over ``groups``, wrap for the backend."""
-        raise NotImplementedError
 
     @property
     def amp_dtype(self) -> Optional[torch.dtype]:
@@ -191,39 +199,40 @@ class Runtime:
         else:
             self.model = torch.compile(self.model)
 
-    # backend operations, see subclasses
-    def zero_grad(self) -> None:
-        """Drop accumulated gradients (``step`` already does after every optimizer step)."""
-        if self.engine is not None:
-            self.engine.zero_grad()
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-
+    # ---- one step (abstract) ------------------------------------------------------------------
+    @abc.abstractmethod
     def micro_step(self, boundary: bool):
-        raise NotImplementedError
+        """Context manager around one micro-batch's forward + backward; ``boundary``: the last
+        micro-batch of the step (where gradients are reduced over ranks)."""
 
+    @abc.abstractmethod
     def backward(self, loss: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Backward of one micro-batch's ``loss`` (scaled by 1 / ``grad_accum``); also when the
+        loss is non-finite, so the ranks' collectives stay in step."""
 
+    @abc.abstractmethod
     def step(self, lr: float, skip: bool) -> StepResult:
-        raise NotImplementedError
+        """The optimizer step at ``lr`` after the boundary micro-step: clip, then update unless
+        ``skip`` (a non-finite loss) or the gradients are non-finite; the gradients are dropped
+        either way."""
 
+    # ---- checkpoint files (abstract) -----------------------------------------------------------
+    @abc.abstractmethod
     def save(self, directory: Path) -> None:
         """Model + optimizer state into ``directory`` (all ranks call)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load(self, directory: Path) -> None:
-        raise NotImplementedError
+        """Model + optimizer state from ``directory``, written by this many processes (all ranks call)."""
 
+    @abc.abstractmethod
     def full_state_dict(self, directory: Path) -> Optional[dict]:
         """fp32 state dict of the whole model from the checkpoint in ``directory`` (rank 0; else None)."""
-        raise NotImplementedError
 
-    # ---- elastic resume (another number of processes) ------------------------------------
+    @abc.abstractmethod
     def load_elastic(self, directory: Path) -> None:
         """Model + optimizer state from a checkpoint written by a different number of processes
         (all ranks call); raises RuntimeError naming what is missing."""
-        raise NotImplementedError
 
     def model_signature(self) -> dict:
         """Parameter count and a digest of every parameter/buffer name and shape: what a
@@ -319,9 +328,8 @@ class DeepSpeedRuntime(Runtime):
         import deepspeed
 
         template = load_template(self.dist.deepspeed_config) if self.dist.deepspeed_config else None
-        cfg = SimpleNamespace(data=SimpleNamespace(batch_size=self.micro_batch), dist=self.dist,
-                              optim=self.optim_cfg)
-        self.ds_config = to_deepspeed_config(cfg, self.world_size, template, self.device.type)
+        self.ds_config = to_deepspeed_config(self.dist, self.micro_batch, self.optim_cfg.clip_grad, self.world_size,
+                                             template, self.device.type)
         optimizer = build_optimizer(groups, self.optim_cfg)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                                  config=self.ds_config)
@@ -347,12 +355,8 @@ class DeepSpeedRuntime(Runtime):
             skip = skip or not math.isfinite(norm)
         if self._raw_optimizer and skip:
             self.engine.optimizer.zero_grad(set_to_none=True)  # AdamW updates no param without grad
-            clip = self.engine._config.gradient_clipping
-            self.engine._config.gradient_clipping = 0.0  # DeepSpeed's ZeRO-0 clip fails on no gradients
-            try:
+            with self._no_clipping():
                 self.engine.step()  # still called: DeepSpeed's step counters stay in line with ours
-            finally:
-                self.engine._config.gradient_clipping = clip
         else:
             self.engine.step()
         applied = bool(self.engine.was_step_applied()) and not (self._raw_optimizer and skip)
@@ -364,6 +368,22 @@ class DeepSpeedRuntime(Runtime):
                   f"finite, and DeepSpeed applied the step", flush=True)
         overflow = self.precision == "fp16" and not applied and not skip
         return StepResult(applied=applied, grad_norm=norm, overflow=overflow)
+
+    @contextlib.contextmanager
+    def _no_clipping(self):
+        """DeepSpeed's gradient clipping off for the ``engine.step()`` inside (restored after).
+
+        ZeRO-0 with our raw AdamW clips in ``engine.step()``, and that clip fails when no parameter
+        has a gradient -- which is how a skipped step looks (its gradients were dropped).
+        DeepSpeed has no public switch for it, so this sets the private
+        ``engine._config.gradient_clipping``: the one place that touches it."""
+        config = self.engine._config
+        clip = config.gradient_clipping
+        config.gradient_clipping = 0.0
+        try:
+            yield
+        finally:
+            config.gradient_clipping = clip
 
     def save(self, directory):
         self.engine.save_checkpoint(str(directory), tag=DS_TAG, client_state={}, save_latest=False)

@@ -2,13 +2,17 @@
 
 The trainer knows nothing about models or losses: it calls ``step_fn(model, batch) -> (loss,
 metrics)`` once per micro-batch and does the rest — LR schedule, accumulation, clipping, the
-non-finite policy, checkpoints and exact resume, metrics, TensorBoard, progress bar, final export.
+non-finite policy (:mod:`pretrain.train.nonfinite`), checkpoints and exact resume, metrics,
+TensorBoard, progress bar (:mod:`pretrain.train.metrics`), and at the end the ``on_finish`` hook
+(by default :func:`export_final`).
 
 Example (a fine-tuning entry point)::
 
+    from functools import partial
+
     from pretrain.train.runtime import init_runtime
     from pretrain.train.optim import param_groups
-    from pretrain.train.trainer import Trainer, seed_everything
+    from pretrain.train.trainer import Trainer, export_final, seed_everything
     from pretrain.data.loader import build_loader
     from pretrain.data.transforms import normalize_on_device
 
@@ -27,7 +31,7 @@ Example (a fine-tuning entry point)::
             make_loader=lambda state: build_loader(cfg.data, "train", rank=rt.rank,
                                                    world_size=rt.world_size, seed=cfg.run.seed, state=state),
             optim=cfg.optim, run=cfg.run, config=cfg,
-            export={"model": "my_classifier", "model_kwargs": {...}},
+            on_finish=partial(export_final, meta={"model": "my_classifier", "model_kwargs": {...}}),
             callbacks=[evaluate_every_1000]).fit()
 
 Semantics:
@@ -37,7 +41,8 @@ Semantics:
   :func:`pretrain.train.schedule.lr_at` of ``s`` with the base LR scaled by total batch / 256.
 * Non-finite policy: a step whose loss is non-finite on any rank (or whose gradients are) is
   skipped — no update, gradients dropped, the step still counts — and logged; after
-  ``run.max_nonfinite`` such steps in a row :class:`NonFiniteError` stops the run naming the steps.
+  ``run.max_nonfinite`` such steps in a row :class:`NonFiniteError` stops the run naming the steps
+  (:class:`~pretrain.train.nonfinite.NonFinitePolicy`).
   A model with non-finite parameters is never checkpointed.
 * Checkpoints (:mod:`pretrain.train.checkpoint`) every ``run.save_every`` steps and at the end hold the
   model, optimizer, step, every rank's RNG and data position, counters and the metrics so far;
@@ -55,15 +60,17 @@ Semantics:
 * ``callbacks``: ``fn(trainer, batch)`` after every step on every rank (collective model calls
   are allowed); the RNG state is restored after each, so they cannot change the training
   randomness. ``trainer.step``, ``trainer.is_last``, ``trainer.runtime``, ``trainer.run_dir``,
-  ``trainer.history`` are there to read.
-* Run directory: ``config.yaml``, ``metrics.jsonl``, ``tb/`` (TensorBoard), ``checkpoints/``,
-  ``loss.png``, ``final/model.safetensors`` + ``final/config.json`` (``export`` merged in).
+  ``trainer.history``, ``trainer.tracker`` (TensorBoard on rank 0, or None) are there to read.
+* ``on_finish(trainer)``: called on every rank after the last checkpoint (collectives allowed);
+  :func:`export_final` unless told, with the entry point's metadata bound (``functools.partial``).
+* Run directory: ``config.yaml``, ``metrics.jsonl``, ``tb/`` (TensorBoard), ``checkpoints/``, and
+  from :func:`export_final` ``loss.png``, ``final/model.safetensors`` + ``final/config.json``
+  (its ``meta`` merged in).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -72,17 +79,17 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import torch
 
-from pretrain.train.checkpoint import (capture_rng, find_latest, list_checkpoints, load_checkpoint, preserved_rng,
-                                 read_pointer, restore_rng, save_checkpoint)
 from pretrain.config import ConfigError, save_config, to_dict
+from pretrain.models.state_dict import unshare
+from pretrain.train.checkpoint import (capture_rng, find_latest, list_checkpoints, load_checkpoint, preserved_rng,
+                                       read_pointer, restore_rng, save_checkpoint)
+from pretrain.train.metrics import Interval, MetricsWriter
+from pretrain.train.nonfinite import NonFiniteError, NonFinitePolicy
 from pretrain.train.schedule import lr_at, lr_rule, scaled_lr
 
+__all__ = ["NonFiniteError", "Trainer", "export_final", "seed_everything"]
+
 StepFn = Callable[[torch.nn.Module, dict], tuple]
-
-
-class NonFiniteError(RuntimeError):
-    """Training stopped by the non-finite loss policy."""
-
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
@@ -100,33 +107,34 @@ class Trainer:
     """See the module docstring. ``fit()`` returns the list of metric records."""
 
     def __init__(self, runtime, step_fn: StepFn, make_loader: Callable[[Optional[dict]], Iterable],
-                 optim, run, config=None, export: Optional[dict] = None,
+                 optim, run, config=None, on_finish: Optional[Callable[["Trainer"], None]] = None,
                  callbacks: Iterable[Callable] = (), desc: str = "train", clips_per_video: int = 1):
         self.runtime, self.step_fn, self.make_loader = runtime, step_fn, make_loader
         self.desc = desc  # progress-bar label
         self.optim, self.run, self.config = optim, run, config
-        self.export, self.callbacks = export, list(callbacks)
+        self.on_finish = on_finish if on_finish is not None else export_final
+        self.callbacks = list(callbacks)
         self.run_dir = Path(run.dir)
         self.clips_per_video = int(clips_per_video)   # repeated sampling: the LR rule counts videos
         self.base_lr = scaled_lr(optim.blr, optim.lr, runtime.total_batch, self.clips_per_video)
         self.step = 0
         self.is_last = False
         self.history: list[dict] = []
-        self.counters = {"nonfinite_total": 0, "nonfinite_run": 0, "overflow_total": 0}
-        self._interval = self._new_interval()
+        self.nonfinite = NonFinitePolicy(run.max_nonfinite)
+        self.interval = Interval()
+        self.writer = MetricsWriter(self.run_dir, runtime.is_main, self._log,
+                                    data_wait_warn=getattr(run, "data_wait_warn", 0.10), log_every=run.log_every)
         self._last_saved = -1
-        self.tracker = None
         self.loader = None
-        self._wait_warned_at = None
         if getattr(run, "compile", False):
             runtime.compile()
 
-    # ---- setup -----------------------------------------------------------------------------
-    @staticmethod
-    def _new_interval() -> dict:
-        return {"n": 0, "loss_sum": 0.0, "loss_n": 0, "grad_norm_sum": 0.0, "grad_norm_n": 0, "metrics": {},
-                "clips": 0, "time": 0.0, "wait": 0.0}
+    @property
+    def tracker(self):
+        """The TensorBoard tracker (rank 0, ``run.tracker=tensorboard``; else None), for callbacks."""
+        return self.writer.tracker
 
+    # ---- setup -----------------------------------------------------------------------------
     def _log(self, msg: str) -> None:
         if self.runtime.is_main:
             print(f"[tubelet] {msg}", flush=True)
@@ -149,8 +157,8 @@ class Trainer:
         state, rank_state = load_checkpoint(rt, Path(path), elastic=bool(getattr(rt.dist, "elastic", True)))
         self.step = self._last_saved = int(state["step"])
         self.history = state["history"]
-        self.counters = state["counters"]
-        self._interval = state["interval"]
+        self.nonfinite = NonFinitePolicy.from_dict(state["counters"], self.run.max_nonfinite)
+        self.interval = Interval.from_dict(state["interval"])
         self._log(f"resumed from {path} at step {self.step}")
         if "elastic_from" in rank_state:
             if self.optim.lr is None and state.get("base_lr") is not None and state["base_lr"] != self.base_lr:
@@ -187,24 +195,13 @@ class Trainer:
                 print(f"[tubelet] {line}", file=sys.stderr, flush=True)
 
     def _start_outputs(self) -> None:
-        rt = self.runtime
-        if not rt.is_main:
+        if not self.runtime.is_main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.config is not None:
             save_config(self.config, self.run_dir / "config.yaml")
-        # metrics.jsonl = exactly the records up to the resumed step (a killed run may have written more)
-        tmp = self.run_dir / "metrics.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        tmp.replace(self.run_dir / "metrics.jsonl")
-        if self.run.tracker == "tensorboard":
-            from accelerate.tracking import TensorBoardTracker
-
-            # purge_step drops events a killed run logged after the checkpoint we resume from
-            self.tracker = TensorBoardTracker("tb", self.run_dir, purge_step=self.step + 1 if self.step else None)
-            self.tracker.start()
-            if self.config is not None and self.step == 0:
-                self.tracker.store_init_configuration(_flat_hparams(to_dict(self.config)))
+        hparams = _flat_hparams(to_dict(self.config)) if self.config is not None and self.step == 0 else None
+        self.writer.start(self.history, self.step, self.run.tracker, hparams)
 
     def _banner(self) -> None:
         rt, o = self.runtime, self.optim
@@ -241,12 +238,7 @@ class Trainer:
         (``START_OUTPUTS``) go, and the run directory too when that leaves it empty."""
         import shutil
 
-        if self.tracker is not None:
-            try:
-                self.tracker.finish()
-            except Exception:  # noqa: BLE001 — already failing; the original error is the one to show
-                pass
-            self.tracker = None
+        self.writer.close(quiet=True)  # already failing; the original error is the one to show
         for name in self.START_OUTPUTS:
             p = self.run_dir / name
             if p.is_dir():
@@ -262,20 +254,16 @@ class Trainer:
         rt, run = self.runtime, self.run
         if rank_state and rank_state.get("rng") is not None:
             restore_rng(rank_state["rng"])
-        bar = None
-        if rt.is_main and run.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=run.max_steps, initial=self.step, desc=self.desc, dynamic_ncols=True)
+        if run.progress:
+            self.writer.open_bar(run.max_steps, self.step, self.desc)
         rt.model.train()
         try:
             while self.step < run.max_steps:
                 batch = self._train_step(batches)
                 self.is_last = self.step == run.max_steps
                 if self.step % run.log_every == 0 or self.is_last:
-                    self._write_metrics(bar)
-                if bar is not None:
-                    bar.update(1)
+                    self._log_interval()
+                self.writer.advance()
                 for cb in self.callbacks:
                     with preserved_rng():  # callbacks must not shift the training randomness
                         cb(self, batch)
@@ -283,12 +271,9 @@ class Trainer:
                     self.save()
             if self.step > self._last_saved:  # max_steps reached before (e.g. resumed at the end)
                 self.save()
-            self._finish()
+            self.on_finish(self)
         finally:
-            if bar is not None:
-                bar.close()
-            if self.tracker is not None:
-                self.tracker.finish()
+            self.writer.close()
         return self.history
 
     def _next(self, batches):
@@ -299,10 +284,31 @@ class Trainer:
             return next(batches)  # train loaders are infinite; StopIteration would be a loader bug
 
     def _train_step(self, batches) -> dict:
+        """One optimizer step (``grad_accum`` micro-batches per rank), skipped when non-finite;
+        returns the last batch."""
+        rt, t0 = self.runtime, time.perf_counter()
+        batch, losses, metric_sums, wait = self._forward_backward(batches)
+        loss, nonfinite_loss, metrics = self._reduce(losses, metric_sums)
+        lr = lr_at(self.step, self.base_lr, self.optim.min_lr, self.optim.warmup_steps, self.run.max_steps)
+        result = rt.step(lr, skip=nonfinite_loss)
+        self.step += 1
+        self.interval.add_step(lr, rt.total_batch, time.perf_counter() - t0, wait)
+        bad = nonfinite_loss or (not result.applied and not result.overflow)
+        self.nonfinite.observe(bad, result.overflow)
+        if not bad:
+            self.interval.add_good(loss, metrics, result.grad_norm)
+            return batch
+        self._log(self.nonfinite.skip_message(self.step, "loss" if nonfinite_loss else "gradient norm"))
+        if self.nonfinite.exhausted:
+            self._log_interval(postfix=False)
+            raise self.nonfinite.error(self.step, find_latest(self.run_dir) if rt.is_main else None)
+        return batch
+
+    def _forward_backward(self, batches) -> tuple[dict, list, dict, float]:
+        """Forward and backward of this rank's ``grad_accum`` micro-batches: the last batch, the
+        losses, the sums of the step metrics and the seconds spent waiting for batches."""
         rt, accum = self.runtime, self.runtime.grad_accum
-        t0 = time.perf_counter()
-        wait = 0.0
-        losses, metric_sums = [], {}
+        wait, losses, metric_sums = 0.0, [], {}
         for i in range(accum):
             tw = time.perf_counter()
             batch = self._next(batches)
@@ -314,49 +320,20 @@ class Trainer:
             losses.append(loss.detach().float().reshape(()))
             for k, v in (metrics or {}).items():
                 metric_sums[k] = metric_sums.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float64).detach().cpu()
-        # one all-reduce per step: [sum of finite losses, count of non-finite ones, metric sums...]
+        return batch, losses, metric_sums, wait
+
+    def _reduce(self, losses: list, metric_sums: dict) -> tuple[float, bool, dict]:
+        """One all-reduce per step of [sum of finite losses, count of non-finite ones, metric sums...]:
+        the mean loss and metrics over ranks and micro-batches, and whether any loss was non-finite."""
+        rt = self.runtime
         local = torch.stack(losses).double().cpu()
         finite = torch.isfinite(local)
         names = sorted(metric_sums)
         vec = [torch.where(finite, local, 0.0).sum(), (~finite).sum().double()]
         vec += [metric_sums[k].reshape(()) for k in names]
         red = rt.all_reduce_sum(torch.stack(vec)).cpu()
-        nonfinite_loss = bool(red[1] > 0)
-        lr = lr_at(self.step, self.base_lr, self.optim.min_lr, self.optim.warmup_steps, self.run.max_steps)
-        result = rt.step(lr, skip=nonfinite_loss)
-        self.step += 1
-        n = rt.world_size * accum
-        iv = self._interval
-        iv["n"] += 1
-        iv["lr"] = lr
-        iv["clips"] += rt.total_batch
-        iv["time"] += time.perf_counter() - t0
-        iv["wait"] += wait
-        bad = nonfinite_loss or (not result.applied and not result.overflow)
-        if bad:
-            self.counters["nonfinite_total"] += 1
-            self.counters["nonfinite_run"] += 1
-            what = "loss" if nonfinite_loss else "gradient norm"
-            self._log(f"step {self.step}: non-finite {what}; step skipped (no update), "
-                      f"{self.counters['nonfinite_run']} in a row (limit run.max_nonfinite={self.run.max_nonfinite})")
-            if self.counters["nonfinite_run"] >= self.run.max_nonfinite:
-                self._write_metrics(None)
-                last = find_latest(self.run_dir) if rt.is_main else None
-                raise NonFiniteError(f"stopping at step {self.step}: {self.counters['nonfinite_run']} consecutive "
-                                     f"non-finite steps ({self.step - self.counters['nonfinite_run'] + 1}.."
-                                     f"{self.step}); last good checkpoint: {last}")
-        else:
-            self.counters["nonfinite_run"] = 0
-            iv["loss_sum"] += float(red[0]) / n
-            iv["loss_n"] += 1
-            for k, v in zip(names, red[2:].tolist()):
-                iv["metrics"][k] = iv["metrics"].get(k, 0.0) + v / n
-            if math.isfinite(result.grad_norm):
-                iv["grad_norm_sum"] += result.grad_norm
-                iv["grad_norm_n"] += 1
-        if result.overflow:
-            self.counters["overflow_total"] += 1
-        return batch
+        n = rt.world_size * rt.grad_accum
+        return float(red[0]) / n, bool(red[1] > 0), {k: v / n for k, v in zip(names, red[2:].tolist())}
 
     # ---- outputs ----------------------------------------------------------------------------
     def _epoch(self) -> Optional[float]:
@@ -366,49 +343,23 @@ class Trainer:
             return None
         return state["batches"] / per
 
-    def _write_metrics(self, bar) -> None:
-        rt, iv = self.runtime, self._interval
-        if iv["n"] == 0:
+    def _log_interval(self, postfix: bool = True) -> None:
+        """Close the current interval (all ranks call: the skipped-sample count is summed over
+        them): its record into the history, and to the outputs on rank 0."""
+        if self.interval.n == 0:
             return
         stats = self.loader.stats() if hasattr(self.loader, "stats") else {}
-        skipped = rt.all_reduce_sum(torch.tensor([float(stats.get("skipped", 0))])).item()
-        rec = {
-            "step": self.step,
-            "epoch": self._epoch(),
-            "loss": iv["loss_sum"] / iv["loss_n"] if iv["loss_n"] else None,
-            "lr": iv["lr"],
-            "grad_norm": iv["grad_norm_sum"] / iv["grad_norm_n"] if iv["grad_norm_n"] else None,
-            **{k: v / iv["loss_n"] for k, v in iv["metrics"].items() if iv["loss_n"]},
-            "clips_per_s": iv["clips"] / iv["time"] if iv["time"] > 0 else None,
-            "data_wait": iv["wait"] / iv["time"] if iv["time"] > 0 else None,
-            "skipped_samples": int(skipped),
-            "nonfinite_steps": self.counters["nonfinite_total"],
-        }
+        skipped = self.runtime.all_reduce_sum(torch.tensor([float(stats.get("skipped", 0))])).item()
+        rec = self.interval.record(self.step, self._epoch(), int(skipped), self.nonfinite.total)
         self.history.append(rec)
-        self._interval = self._new_interval()
-        if not rt.is_main:
-            return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if self.tracker is not None:
-            self.tracker.log({f"train/{k}": v for k, v in rec.items() if isinstance(v, (int, float))
-                              and k != "step"}, step=self.step)
-        wait, limit = rec["data_wait"], getattr(self.run, "data_wait_warn", 0.10)
-        if wait is not None and limit and wait > limit and (
-                self._wait_warned_at is None or self.step - self._wait_warned_at >= 10 * self.run.log_every):
-            self._wait_warned_at = self.step  # at most once per 10 log intervals
-            self._log(f"warning: step {self.step}: waiting for data took {100 * wait:.0f} % of the step time "
-                      f"(> {100 * limit:.0f} %; the first interval includes starting the loader workers); raise "
-                      f"data.num_workers, pre-shard shorter clips, or read shards from faster storage")
-        if bar is not None and rec["loss"] is not None:
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}",
-                            wait=f"{100 * (wait or 0):.0f}%", refresh=False)
+        self.interval = Interval()
+        self.writer.write(rec, postfix=postfix)
 
     def save(self) -> Path:
         """Checkpoint the current step (all ranks call)."""
         rt = self.runtime
-        trainer_state = {"step": self.step, "history": self.history, "counters": self.counters,
-                         "interval": self._interval, "base_lr": self.base_lr,
+        trainer_state = {"step": self.step, "history": self.history, "counters": self.nonfinite.to_dict(),
+                         "interval": self.interval.to_dict(), "base_lr": self.base_lr,
                          "layout": {"world_size": rt.world_size, "micro_batch": rt.micro_batch,
                                     "grad_accum": rt.grad_accum, "total_batch": rt.total_batch}}
         rank_state = {"rng": capture_rng(), "loader": self.loader.state_dict()}
@@ -416,30 +367,32 @@ class Trainer:
         self._last_saved = self.step
         return path
 
-    def _finish(self) -> None:
-        """``final/model.safetensors`` + ``config.json`` from the last checkpoint; loss curve."""
-        rt = self.runtime
-        digests = rt.all_gather_object(rt.weights_digest())
-        if digests[0] is not None and len(digests) > 1:
-            if len(set(digests)) == 1:
-                self._log(f"weights identical on all {len(digests)} ranks (sha256 {digests[0][:16]})")
-            else:
-                self._log(f"WARNING: the ranks' weights differ: {[d[:16] for d in digests]}")
-        last = rt.broadcast_object(str(find_latest(self.run_dir)) if rt.is_main else None)
-        sd = rt.full_state_dict(Path(last))
-        if rt.is_main:
-            from safetensors.torch import save_file
 
-            from pretrain.visualize import plot_loss_curve
+def export_final(trainer: Trainer, meta: Optional[dict] = None) -> Path:
+    """The default ``on_finish`` (every rank calls): check that the ranks' weights agree, write the
+    last checkpoint's fp32 model to ``final/model.safetensors`` and ``meta`` plus ``step`` to
+    ``final/config.json``, and draw ``loss.png``. Returns the ``final`` directory."""
+    rt, out = trainer.runtime, trainer.run_dir / "final"
+    digests = rt.all_gather_object(rt.weights_digest())
+    if digests[0] is not None and len(digests) > 1:
+        if len(set(digests)) == 1:
+            trainer._log(f"weights identical on all {len(digests)} ranks (sha256 {digests[0][:16]})")
+        else:
+            trainer._log(f"WARNING: the ranks' weights differ: {[d[:16] for d in digests]}")
+    last = rt.broadcast_object(str(find_latest(trainer.run_dir)) if rt.is_main else None)
+    sd = rt.full_state_dict(Path(last))
+    if rt.is_main:
+        from safetensors.torch import save_file
 
-            out = self.run_dir / "final"
-            out.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in sd.items()}, str(out / "model.safetensors"))
-            meta = {**(self.export or {}), "step": self.step}
-            (out / "config.json").write_text(json.dumps(meta, indent=1))
-            plot_loss_curve(self.history, self.run_dir / "loss.png")
-            self._log(f"done: {self.step} steps; final weights in {out}")
-        rt.barrier()
+        from pretrain.visualize import plot_loss_curve
+
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(unshare(sd), str(out / "model.safetensors"))
+        (out / "config.json").write_text(json.dumps({**(meta or {}), "step": trainer.step}, indent=1))
+        plot_loss_curve(trainer.history, trainer.run_dir / "loss.png")
+        trainer._log(f"done: {trainer.step} steps; final weights in {out}")
+    rt.barrier()
+    return out
 
 
 def _flat_hparams(d: dict, prefix: str = "") -> dict:
