@@ -12,12 +12,34 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _source_copy(dest: Path) -> Path:
+    """The checkout's files as git sees them (tracked + untracked, not ignored), copied to ``dest``:
+    the wheel is built from them alone, never from a stale ``build/`` of the checkout."""
+    import shutil
+
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    for rel in listed:
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
 def test_wheel_installs_presets_and_runs_the_smoke_demo(tmp_path):
     wheels = tmp_path / "wheels"
+    src = _source_copy(tmp_path / "src")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(wheels), str(REPO)], capture_output=True, text=True, timeout=600)
+                        str(wheels), str(src)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     (wheel,) = wheels.glob("tubelet-*.whl")
+    import zipfile
+
+    in_wheel = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
+    in_tree = {f.relative_to(src).as_posix() for pkg in ("tubelet", "pretrain", "finetune", "launch")
+               for f in (src / pkg).rglob("*.py")}
+    assert in_wheel == in_tree, f"wheel vs tree: extra {sorted(in_wheel - in_tree)}, missing {sorted(in_tree - in_wheel)}"
     site = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "-q", "--target",
                         str(site), str(wheel)], capture_output=True, text=True, timeout=600)
@@ -56,7 +78,7 @@ def test_wheel_installs_presets_and_runs_the_smoke_demo(tmp_path):
     enc = out / "encoder"
     assert (enc / "model.safetensors").is_file() and (enc / "encoder.onnx").is_file()
     cfg = json.loads((enc / "config.json").read_text())
-    assert cfg["num_frames"] == 16 and cfg["img_size"] == 32
+    assert cfg["model_kwargs"]["num_frames"] == 16 and cfg["model_kwargs"]["img_size"] == [32, 32]
     for run in ("vit_pretrained_l3_s0", "vit_scratch_l3_s0", "single_frame_l3_s0", "cnn3d_l3_s0"):
         r = json.loads((out / "ft" / run / "results.json").read_text())
         assert r["eval_videos"] == 10 and 0.0 <= r["top1"] <= 1.0

@@ -39,7 +39,8 @@ from typing import Optional
 import torch.nn as nn
 
 from finetune.interop.safe_load import read_state_dict
-from finetune.interop.weights import IMAGENET_MEAN, IMAGENET_STD, Source, load_exact, unshare
+from finetune.interop.weights import IMAGENET_MEAN, IMAGENET_STD, Source
+from pretrain.models.state_dict import load_exact, unshare
 from pretrain.models import pretrained
 from pretrain.models.pretrained import CONFIG_FILE, ENCODER_FORMAT, WEIGHTS_FILE  # noqa: F401  (re-exported)
 

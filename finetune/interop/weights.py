@@ -1,8 +1,7 @@
 """Weights in memory, shared by every format: what a reader returns and how tensors go in and out.
 
 * :class:`Source` — a model read from disk (any format) plus what it says about its inputs;
-* :func:`load_exact` and :func:`unshare` live in :mod:`pretrain.models.state_dict` (one home; re-exported
-  here for the format modules);
+* the state-dict helpers (``load_exact``, ``unshare``) live in :mod:`pretrain.models.state_dict`;
 * :func:`clip_shape` — the ``(B, C, T, H, W)`` input shape an encoder was built for.
 """
 
@@ -13,7 +12,6 @@ from typing import Optional
 
 import torch.nn as nn
 
-from pretrain.models.state_dict import load_exact, unshare  # noqa: F401  (re-exported)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 KINDS = ("model", "pretraining", "classification")

@@ -238,34 +238,26 @@ def clip_data(cfg: dict) -> dict:
 
 
 def save_weights(module: nn.Module, path: str | Path) -> None:
-    """``module``'s state dict to a ``.safetensors`` file: CPU copies (contiguous, no shared storage,
-    which safetensors refuses)."""
+    """``module``'s state dict to a ``.safetensors`` file (:func:`~pretrain.models.state_dict.unshare`d)."""
     from safetensors.torch import save_file
 
-    sd = {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
-    save_file(sd, str(path), metadata={"format": "pt"})
+    from pretrain.models.state_dict import unshare
+
+    save_file(unshare(module.state_dict()), str(path), metadata={"format": "pt"})
 
 
 def load_weights(model: nn.Module, path: str | Path) -> dict:
-    """Load ``path`` (``.safetensors``, no pickle) into ``model`` with exactly its key set; ``ValueError``
-    naming the file and the missing / unexpected keys otherwise. Returns ``{"tensors", "parameters"}``."""
+    """Load ``path`` (``.safetensors``, no pickle) into ``model`` with exactly its key set and shapes
+    (:func:`~pretrain.models.state_dict.load_exact`: ``ValueError`` naming the file and the missing /
+    unexpected / mis-shaped keys). Returns ``{"tensors", "parameters", ...}``."""
     from safetensors.torch import load_file
+
+    from pretrain.models.state_dict import load_exact
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (an encoder directory holds {CONFIG_FILE} and {WEIGHTS_FILE})")
-    sd = load_file(str(path))
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"{path}: tensors do not match the {type(model).__name__} of {CONFIG_FILE}: "
-                         f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
-                         f"unexpected {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:  # e.g. a shape mismatch
-        raise ValueError(f"{path}: tensors do not fit the {type(model).__name__} of {CONFIG_FILE}: {e}") from None
-    return {"tensors": len(sd), "parameters": int(sum(v.numel() for v in sd.values()))}
+    return load_exact(model, load_file(str(path)), str(path))
 
 
 # ------------------------------------------------------------------------------------------------
