@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -228,16 +227,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pretrain.train.checkpoint import CheckpointError
-    from pretrain.train.trainer import NonFiniteError
-
+    """Errors end as one line through :func:`pretrain.cli_util.run_command` (exit 1 for a failed run)."""
     overrides = list(args.overrides)
     if args.init:
         overrides.append(f"init={args.init}")
-    cfg = load_config(FinetuneConfig, args.config, overrides)
-    try:
-        finetune(cfg)
-    except (NonFiniteError, CheckpointError) as e:
-        print(f"tubelet finetune: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return 1
+    finetune(load_config(FinetuneConfig, args.config, overrides))
     return 0

@@ -19,7 +19,6 @@ NAME]`` prints every key with its value and documentation.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
@@ -237,13 +236,7 @@ def pretrain(cfg: PretrainConfig) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pretrain.train.checkpoint import CheckpointError
-    from pretrain.train.trainer import NonFiniteError
-
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
-    try:
-        pretrain(cfg)
-    except (NonFiniteError, CheckpointError) as e:
-        print(f"tubelet pretrain: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return 1
+    """A failed run (non-finite stop, a refused checkpoint, ...) is one line and exit 1, written by
+    :func:`pretrain.cli_util.run_command` like every other command's errors."""
+    pretrain(load_config(PretrainConfig, args.config, args.overrides))
     return 0
