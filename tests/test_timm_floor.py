@@ -19,15 +19,20 @@ def _floor() -> str:
     return m.group(1)
 
 
+def _env_with_timm(version: str, tmp_path: Path) -> dict:
+    """An environment whose ``import timm`` finds exactly ``version`` (installed into ``tmp_path``)."""
+    target = tmp_path / "timm"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                          f"timm=={version}"], capture_output=True, text=True)
+    if pip.returncode != 0:
+        pytest.skip(f"cannot install timm=={version} here: {pip.stderr.strip().splitlines()[-1:]}")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
+
+
 @pytest.mark.slow
 def test_timm_floor_runs_the_timm_tests(tmp_path):
     floor = _floor()
-    target = tmp_path / "timm"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                          f"timm=={floor}"], capture_output=True, text=True)
-    if pip.returncode != 0:
-        pytest.skip(f"cannot install timm=={floor} here: {pip.stderr.strip().splitlines()[-1:]}")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
+    env = _env_with_timm(floor, tmp_path)
     probe = subprocess.run([sys.executable, "-c", "import timm; print(timm.__version__)"], env=env,
                            capture_output=True, text=True, check=True)
     assert probe.stdout.strip() == floor  # the scratch copy is the one imported
@@ -44,12 +49,7 @@ def test_timm_just_below_the_floor_cannot_build_the_encoders(tmp_path):
     below = {"1.0.23": "1.0.22"}.get(_floor())
     if below is None:
         pytest.skip("the floor moved: name the release below it here")
-    target = tmp_path / "timm"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                          f"timm=={below}"], capture_output=True, text=True)
-    if pip.returncode != 0:
-        pytest.skip(f"cannot install timm=={below} here")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
+    env = _env_with_timm(below, tmp_path)
     code = ("import torch, pretrain.models as m; "
             "m.create_model('vit_tiny', num_frames=4, img_size=32, patch_size=8)(torch.randn(1, 3, 4, 32, 32))")
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
