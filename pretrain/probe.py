@@ -98,13 +98,11 @@ class ViewSums:
             self._seen.add((key, view))
         rec = self.records.get(key)
         if rec is None:
-            self.records[key] = {"label": int(label), "views": 1,
-                                 **{k: v.copy() if hasattr(v, "copy") else v.clone() if hasattr(v, "clone") else v
-                                    for k, v in values.items()}}
+            self.records[key] = {"label": int(label), "views": 1, **values}
             return
         rec["views"] += 1
         for k, v in values.items():
-            rec[k] += v
+            rec[k] = rec[k] + v   # a new sum, never written into the caller's first array / tensor
 
 
 def merge_by_key(parts: Iterable[dict], error: type = None) -> dict[str, dict]:

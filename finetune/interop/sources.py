@@ -163,15 +163,13 @@ def _deepspeed_state_dict(ckpt_dir: Path) -> dict:
     """Full fp32 state dict of a DeepSpeed checkpoint ``ckpt_dir/<tag>/``; every shard is screened
     first and read through the restricted unpickler (a shard with a payload is refused before
     anything runs). The merge itself is :func:`pretrain.train.checkpoint.deepspeed_state_dict`."""
-    from pretrain.train.checkpoint import deepspeed_state_dict
+    from pretrain.train.checkpoint import deepspeed_state_dict, deepspeed_tag
 
-    tags = [d for d in sorted(ckpt_dir.iterdir()) if d.is_dir() and any(d.glob("*model_states.pt"))]
-    if not tags:
-        raise FileNotFoundError(f"{ckpt_dir}: no DeepSpeed tag directory with *model_states.pt")
+    tag = deepspeed_tag(ckpt_dir)
     # screen every file first (opcode scan, no tensors loaded) so the error names the offending file
-    for f in sorted(tags[-1].glob("*.pt")):
+    for f in sorted((ckpt_dir / tag).glob("*.pt")):
         screen(f)
-    return deepspeed_state_dict(ckpt_dir, tags[-1].name, load=lambda f: unwrap_state_dict(torch_load(f), f),
+    return deepspeed_state_dict(ckpt_dir, tag, load=lambda f: unwrap_state_dict(torch_load(f), f),
                                 guard=forced_weights_only)
 
 

@@ -252,6 +252,15 @@ def save_checkpoint(runtime, run_dir: str | Path, step: int, trainer_state: dict
     return final
 
 
+def deepspeed_tag(ckpt_dir: str | Path) -> str:
+    """The (last) DeepSpeed tag directory under ``ckpt_dir``: one holding ``*model_states.pt``."""
+    ckpt_dir = Path(ckpt_dir)
+    tags = [d.name for d in sorted(ckpt_dir.iterdir()) if d.is_dir() and any(d.glob("*model_states.pt"))]
+    if not tags:
+        raise FileNotFoundError(f"{ckpt_dir}: no DeepSpeed tag directory with *model_states.pt")
+    return tags[-1]
+
+
 def deepspeed_state_dict(ckpt_dir: str | Path, tag: Optional[str] = None, load=None,
                          guard=contextlib.nullcontext) -> dict:
     """Full fp32 state dict of a DeepSpeed checkpoint ``ckpt_dir/<tag>/`` (one home for the merge).
@@ -263,12 +272,7 @@ def deepspeed_state_dict(ckpt_dir: str | Path, tag: Optional[str] = None, load=N
     and a guard that forces every ``torch.load`` inside to be weights-only).
     """
     ckpt_dir = Path(ckpt_dir)
-    if tag is None:
-        tags = [d.name for d in sorted(ckpt_dir.iterdir()) if d.is_dir() and any(d.glob("*model_states.pt"))]
-        if not tags:
-            raise FileNotFoundError(f"{ckpt_dir}: no DeepSpeed tag directory with *model_states.pt")
-        tag = tags[-1]
-    tag_dir = ckpt_dir / tag
+    tag_dir = ckpt_dir / (tag or deepspeed_tag(ckpt_dir))
     if not any(tag_dir.glob("*optim_states.pt")):  # ZeRO-0: the module is stored whole
         load = load or (lambda f: torch.load(f, map_location="cpu", weights_only=True))
         states = load(next(tag_dir.glob("*model_states.pt")))
@@ -277,7 +281,7 @@ def deepspeed_state_dict(ckpt_dir: str | Path, tag: Optional[str] = None, load=N
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         with guard():
-            sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+            sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag_dir.name)
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 

@@ -91,6 +91,7 @@ __all__ = ["NonFiniteError", "Trainer", "export_final", "seed_everything"]
 
 StepFn = Callable[[torch.nn.Module, dict], tuple]
 
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     random.seed(seed)
